@@ -1,0 +1,465 @@
+//! The plain-data config model: what a static YAML file holds and what the
+//! xDS translation produces. Nothing here is compiled (no regexes, no
+//! sockets); `validate` checks it and the router/upstream modules compile it.
+//!
+//! Field names follow Envoy's where an Envoy user would look for them
+//! (`domains`, `prefix_rewrite`, `weighted_clusters`, `lb_policy`, ...), with
+//! Envoy's deep nesting flattened where it carries no meaning for Ferry.
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::Dur;
+
+/// A whole static config file (`ferry-proxy --config FILE`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    /// Admin server; CLI `--admin` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Admin>,
+    /// JSON-lines access log; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLog>,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Named route configurations, referenced by HTTP listeners.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `ip:port`; keep it on loopback.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, `stderr` or a file path (appended to).
+    #[serde(default = "default_access_log_path")]
+    pub path: String,
+}
+
+fn default_access_log_path() -> String {
+    "stdout".to_string()
+}
+
+// === Listeners ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    /// `ip:port` to bind.
+    pub address: String,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// HTTP listeners: the name of an entry in `routes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_config: Option<String>,
+    /// TCP listeners: the cluster every connection is proxied to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// TLS termination; without it the listener is plaintext (HTTP/1.1 and
+    /// h2c prior knowledge on the same port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Accepted connections above this are closed at once (0 = no limit).
+    #[serde(default)]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_chain: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
+    /// ALPN protocols offered, in preference order.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+}
+
+pub fn default_alpn() -> Vec<String> {
+    vec!["h2".to_string(), "http/1.1".to_string()]
+}
+
+// === Routes ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    pub name: String,
+    /// `example.com`, `*.example.com`, `api.*`, or `*`. A domain may carry a
+    /// port (`example.com:8080`) to match only that `Host`.
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Header rewrites for every route of this host, applied before the
+    /// route's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueOption {
+    pub name: String,
+    pub value: String,
+    /// true: add another value next to existing ones; false: replace them.
+    #[serde(default = "default_true")]
+    pub append: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// Exactly one of `route`, `redirect`, `direct_response`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<HeaderValueOption>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<String>,
+}
+
+/// Exactly one of `prefix`, `path`, `regex`. `prefix: ""` is meaningful
+/// (matches everything) and must survive every round trip, so these are
+/// `Option`s and never skipped-when-empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Matched against the whole path (without the query), RE2-like syntax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default = "default_true")]
+    pub case_sensitive: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatcher>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_parameters: Vec<QueryParameterMatcher>,
+}
+
+/// Exactly one of `exact`, `prefix`, `suffix`, `contains`, `regex`,
+/// `present`. `invert_match` negates the result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatcher {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+/// Exactly one of `exact`, `regex`, `present`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParameterMatcher {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// Forward to a cluster. Exactly one of `cluster`, `weighted_clusters`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Traffic split: each request picks one cluster with probability
+    /// weight / sum(weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighted_clusters: Option<Vec<WeightedCluster>>,
+    /// Time from the request being sent upstream until the response head
+    /// arrives; `0s` disables. Default 15s, as Envoy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Replace the matched prefix (or, for `path`/`regex` matches, the
+    /// whole path) with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    /// Set `Host`/`:authority` sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite: Option<String>,
+    /// Hash inputs for `ring_hash` / `maglev` clusters, tried in order; the
+    /// hashes of all matching policies are combined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u32,
+}
+
+/// Exactly one of `header`, `cookie`, `connection_properties`,
+/// `query_parameter`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HashHeader>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<HashCookie>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_properties: Option<HashConnection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_parameter: Option<HashQuery>,
+    /// Stop at this policy when it produced a hash.
+    #[serde(default)]
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashHeader {
+    pub header_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashCookie {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashConnection {
+    pub source_ip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashQuery {
+    pub name: String,
+}
+
+/// Answer with a redirect. Unset parts keep the request's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme_redirect: Option<String>,
+    #[serde(default)]
+    pub https_redirect: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_redirect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_redirect: Option<u16>,
+    /// Replace the whole path. Exclusive with `prefix_rewrite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_redirect: Option<String>,
+    /// Replace the matched prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    #[serde(default)]
+    pub strip_query: bool,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_code")]
+    pub response_code: u16,
+}
+
+fn default_redirect_code() -> u16 {
+    301
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+// === Clusters ===
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: ClusterKind,
+    /// `ip:port` for `static`; `hostname:port` (or `ip:port`) for
+    /// `strict_dns`.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    /// Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Dur>,
+    /// Protocol spoken to the endpoints.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// `strict_dns` re-resolution period; default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh_rate: Option<Dur>,
+    /// Idle keep-alive connections are closed after this; default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+    /// Cap on idle HTTP/1.1 connections kept per endpoint; default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_endpoint: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHashConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MaglevConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub least_request: Option<LeastRequestConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterKind {
+    #[default]
+    Static,
+    StrictDns,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name sent in SNI and verified; default: the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM bundle of trusted CAs; default: the Mozilla root set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingHashConfig {
+    #[serde(default = "default_min_ring")]
+    pub minimum_ring_size: u64,
+    #[serde(default = "default_max_ring")]
+    pub maximum_ring_size: u64,
+}
+
+fn default_min_ring() -> u64 {
+    1024
+}
+fn default_max_ring() -> u64 {
+    8 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaglevConfig {
+    /// Must be prime; default 65537.
+    #[serde(default = "default_maglev_size")]
+    pub table_size: u64,
+}
+
+fn default_maglev_size() -> u64 {
+    65537
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeastRequestConfig {
+    /// Endpoints sampled per pick; default 2 (power of two choices).
+    #[serde(default = "default_choice_count")]
+    pub choice_count: u32,
+}
+
+fn default_choice_count() -> u32 {
+    2
+}

@@ -1,0 +1,952 @@
+//! Semantic checks over a parsed [`Bootstrap`]: every error with its field
+//! path, all of them at once.
+//!
+//! Paths use the same form as the parse errors of [`super::parse_yaml`]
+//! (`routes[0].virtual_hosts[1].routes[3].match.regex`), so an operator
+//! reads one kind of message whether the file is malformed or merely wrong.
+//! The checks follow Envoy's where Envoy has one (duplicate domains, which
+//! headers a route may rewrite, Maglev table sizes), so a config that Ferry
+//! accepts is one Envoy would accept too, and the xDS translation can reuse
+//! this module to NACK what Envoy would NACK.
+//!
+//! TLS files are read here (not only when listeners start) so that a reload
+//! with a missing or empty certificate is rejected before it replaces a
+//! working config.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use http::{HeaderName, HeaderValue};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use super::{
+    Bootstrap, Cluster, ClusterKind, ConfigError, ConfigErrors, HashPolicy, HeaderMatcher,
+    HeaderValueOption, LbPolicy, Listener, ListenerProtocol, ListenerTls, QueryParameterMatcher,
+    Redirect, Route, RouteAction, RouteConfig, VirtualHost,
+};
+
+/// Envoy's upper bound for `maglev.table_size` (a prime).
+const MAGLEV_MAX_TABLE_SIZE: u64 = 5_000_011;
+/// Envoy's upper bound for `ring_hash.maximum_ring_size`.
+const RING_HASH_MAX_SIZE: u64 = 8 * 1024 * 1024;
+/// ALPN protocols the HTTP server can speak.
+const ALPN_PROTOCOLS: &[&str] = &["h2", "http/1.1"];
+/// Pseudo-headers a matcher or hash policy may read; hyper exposes them as
+/// request parts rather than headers, but Envoy users match on them by name.
+const READABLE_PSEUDO_HEADERS: &[&str] = &[":authority", ":method", ":path", ":scheme"];
+/// Headers that describe one connection, not the message: the proxy strips
+/// them on every hop, so adding them would either be undone or corrupt the
+/// framing of the forwarded message.
+const HOP_BY_HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Checks everything a parse cannot: references between sections, unique
+/// names, addresses, exclusive fields, regexes, header names, TLS files.
+/// Returns every problem found, in document order.
+pub fn validate(boot: &Bootstrap) -> Result<(), ConfigErrors> {
+    let mut v = Validator {
+        errors: Vec::new(),
+        route_names: boot.routes.iter().map(|r| r.name.as_str()).collect(),
+        cluster_names: boot.clusters.iter().map(|c| c.name.as_str()).collect(),
+    };
+    v.bootstrap(boot);
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+struct Validator<'a> {
+    errors: Vec<ConfigError>,
+    route_names: Vec<&'a str>,
+    cluster_names: Vec<&'a str>,
+}
+
+/// Where a header name is used; each use allows different names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeaderUse {
+    /// Read by a matcher or a hash policy.
+    Read,
+    /// Added by `*_headers_to_add`.
+    Add,
+    /// Removed by `*_headers_to_remove`.
+    Remove,
+}
+
+// === impl Validator ===
+
+impl<'a> Validator<'a> {
+    fn err(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, reason));
+    }
+
+    fn bootstrap(&mut self, boot: &'a Bootstrap) {
+        // Listener addresses already seen, for the admin server too: two
+        // sockets on one address cannot both bind.
+        let mut bound: HashMap<SocketAddr, String> = HashMap::new();
+
+        if let Some(admin) = &boot.admin {
+            if let Some(addr) = self.socket_addr("admin.address", &admin.address) {
+                if addr.port() != 0 {
+                    bound.insert(addr, "admin.address".to_string());
+                }
+            }
+        }
+        if let Some(log) = &boot.access_log {
+            if log.path.trim().is_empty() {
+                self.err(
+                    "access_log.path",
+                    "must not be empty (use stdout, stderr or a file path)",
+                );
+            }
+        }
+
+        self.unique_names(
+            "listeners",
+            "listener",
+            boot.listeners.iter().map(|l| l.name.as_str()),
+        );
+        for (i, l) in boot.listeners.iter().enumerate() {
+            self.listener(&format!("listeners[{i}]"), l, &mut bound);
+        }
+
+        self.unique_names(
+            "routes",
+            "route config",
+            boot.routes.iter().map(|r| r.name.as_str()),
+        );
+        for (i, r) in boot.routes.iter().enumerate() {
+            self.route_config(&format!("routes[{i}]"), r);
+        }
+
+        self.unique_names(
+            "clusters",
+            "cluster",
+            boot.clusters.iter().map(|c| c.name.as_str()),
+        );
+        for (i, c) in boot.clusters.iter().enumerate() {
+            self.cluster(&format!("clusters[{i}]"), c);
+        }
+    }
+
+    /// Reports empty and duplicate names of one list, at `{base}[i].name`.
+    fn unique_names<'n>(&mut self, base: &str, kind: &str, names: impl Iterator<Item = &'n str>) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, name) in names.enumerate() {
+            let path = format!("{base}[{i}].name");
+            if name.is_empty() {
+                self.err(path, "must not be empty");
+            } else if let Some(first) = seen.get(name) {
+                self.err(
+                    path,
+                    format!("duplicate {kind} name {name:?} (first used by {base}[{first}])"),
+                );
+            } else {
+                seen.insert(name, i);
+            }
+        }
+    }
+
+    /// Parses an `ip:port`, reporting a failure at `path`.
+    fn socket_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!(
+                        "invalid address {text:?}: expected ip:port \
+                         (127.0.0.1:10000 or [::1]:10000)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    // === Listeners ===
+
+    fn listener(
+        &mut self,
+        path: &str,
+        l: &'a Listener,
+        bound: &mut HashMap<SocketAddr, String>,
+    ) {
+        let addr_path = format!("{path}.address");
+        if let Some(addr) = self.socket_addr(&addr_path, &l.address) {
+            // Port 0 asks the kernel for a fresh port, so any number of
+            // listeners may use it (tests do).
+            if addr.port() != 0 {
+                if let Some(first) = bound.get(&addr) {
+                    let reason = format!("address {addr} is already used by {first}");
+                    self.err(addr_path, reason);
+                } else {
+                    bound.insert(addr, addr_path);
+                }
+            }
+        }
+
+        match l.protocol {
+            ListenerProtocol::Http => {
+                match &l.route_config {
+                    None => self.err(
+                        format!("{path}.route_config"),
+                        "an http listener needs route_config (the name of an entry in routes)",
+                    ),
+                    Some(name) => self.route_ref(&format!("{path}.route_config"), name),
+                }
+                if l.cluster.is_some() {
+                    self.err(
+                        format!("{path}.cluster"),
+                        "only tcp listeners take a cluster; an http listener routes through \
+                         route_config",
+                    );
+                }
+                if let Some(tls) = &l.tls {
+                    self.listener_tls(&format!("{path}.tls"), tls);
+                }
+            }
+            ListenerProtocol::Tcp => {
+                match &l.cluster {
+                    None => self.err(
+                        format!("{path}.cluster"),
+                        "a tcp listener needs cluster (the cluster every connection goes to)",
+                    ),
+                    Some(name) => self.cluster_ref(&format!("{path}.cluster"), name),
+                }
+                if l.route_config.is_some() {
+                    self.err(
+                        format!("{path}.route_config"),
+                        "only http listeners take route_config; a tcp listener forwards to \
+                         cluster",
+                    );
+                }
+                if l.tls.is_some() {
+                    self.err(
+                        format!("{path}.tls"),
+                        "TLS on tcp listeners is not supported yet; terminate TLS on an http \
+                         listener",
+                    );
+                }
+            }
+        }
+    }
+
+    fn listener_tls(&mut self, path: &str, tls: &ListenerTls) {
+        let chain_path = format!("{path}.cert_chain");
+        if let Some(reason) = check_cert_file(&tls.cert_chain) {
+            self.err(chain_path, reason);
+        }
+        let key_path = format!("{path}.private_key");
+        if let Some(reason) = check_key_file(&tls.private_key) {
+            self.err(key_path, reason);
+        }
+
+        if tls.alpn.is_empty() {
+            self.err(
+                format!("{path}.alpn"),
+                "must list at least one protocol (h2, http/1.1); omit alpn for both",
+            );
+        }
+        for (i, proto) in tls.alpn.iter().enumerate() {
+            let p = format!("{path}.alpn[{i}]");
+            if !ALPN_PROTOCOLS.contains(&proto.as_str()) {
+                self.err(
+                    p,
+                    format!("unsupported ALPN protocol {proto:?} (expected h2 or http/1.1)"),
+                );
+            } else if tls.alpn[..i].contains(proto) {
+                self.err(p, format!("duplicate ALPN protocol {proto:?}"));
+            }
+        }
+    }
+
+    fn route_ref(&mut self, path: &str, name: &str) {
+        if name.is_empty() {
+            self.err(path, "must not be empty");
+        } else if !self.route_names.contains(&name) {
+            self.err(path, format!("unknown route config {name:?}"));
+        }
+    }
+
+    fn cluster_ref(&mut self, path: &str, name: &str) {
+        if name.is_empty() {
+            self.err(path, "must not be empty");
+        } else if !self.cluster_names.contains(&name) {
+            self.err(path, format!("unknown cluster {name:?}"));
+        }
+    }
+
+    // === Routes ===
+
+    fn route_config(&mut self, path: &str, rc: &RouteConfig) {
+        self.unique_names(
+            &format!("{path}.virtual_hosts"),
+            "virtual host",
+            rc.virtual_hosts.iter().map(|v| v.name.as_str()),
+        );
+        // Envoy rejects a domain served by two virtual hosts (or listed
+        // twice): which one wins would depend on declaration order.
+        // Host matching ignores case, so duplicates do too.
+        let mut domains: HashMap<String, String> = HashMap::new();
+        for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+            let vh_path = format!("{path}.virtual_hosts[{i}]");
+            self.virtual_host(&vh_path, vh, &mut domains);
+        }
+    }
+
+    fn virtual_host(&mut self, path: &str, vh: &VirtualHost, seen: &mut HashMap<String, String>) {
+        if vh.domains.is_empty() {
+            self.err(
+                format!("{path}.domains"),
+                "at least one domain is required (use \"*\" to match every host)",
+            );
+        }
+        for (i, domain) in vh.domains.iter().enumerate() {
+            let p = format!("{path}.domains[{i}]");
+            if let Err(reason) = check_domain(domain) {
+                self.err(p, reason);
+                continue;
+            }
+            let key = domain.to_ascii_lowercase();
+            if let Some(first) = seen.get(&key) {
+                let reason = format!("duplicate domain {domain:?} (also in {first})");
+                self.err(p, reason);
+            } else {
+                seen.insert(key, p);
+            }
+        }
+
+        self.headers_to_add(&format!("{path}.request_headers_to_add"), &vh.request_headers_to_add);
+        self.headers_to_remove(
+            &format!("{path}.request_headers_to_remove"),
+            &vh.request_headers_to_remove,
+        );
+        self.headers_to_add(
+            &format!("{path}.response_headers_to_add"),
+            &vh.response_headers_to_add,
+        );
+        self.headers_to_remove(
+            &format!("{path}.response_headers_to_remove"),
+            &vh.response_headers_to_remove,
+        );
+
+        for (i, route) in vh.routes.iter().enumerate() {
+            self.route(&format!("{path}.routes[{i}]"), route);
+        }
+    }
+
+    fn route(&mut self, path: &str, r: &Route) {
+        if let Some(name) = &r.name {
+            if name.is_empty() {
+                self.err(format!("{path}.name"), "must not be empty (omit it instead)");
+            }
+        }
+
+        let m = &r.matcher;
+        let mpath = format!("{path}.match");
+        // `prefix: ""` is a real matcher (everything), so presence is
+        // `is_some`, never "non-empty".
+        let kinds = set_fields(&[
+            ("prefix", m.prefix.is_some()),
+            ("path", m.path.is_some()),
+            ("regex", m.regex.is_some()),
+        ]);
+        if let Some(reason) = exactly_one(&kinds, "prefix, path, regex") {
+            let reason = if kinds.is_empty() {
+                format!("{reason} (prefix: \"\" matches every path)")
+            } else {
+                reason
+            };
+            self.err(mpath.clone(), reason);
+        }
+        if let Some(re) = &m.regex {
+            self.regex(&format!("{mpath}.regex"), re);
+        }
+        for (i, h) in m.headers.iter().enumerate() {
+            self.header_matcher(&format!("{mpath}.headers[{i}]"), h);
+        }
+        for (i, q) in m.query_parameters.iter().enumerate() {
+            self.query_matcher(&format!("{mpath}.query_parameters[{i}]"), q);
+        }
+
+        let actions = set_fields(&[
+            ("route", r.route.is_some()),
+            ("redirect", r.redirect.is_some()),
+            ("direct_response", r.direct_response.is_some()),
+        ]);
+        if let Some(reason) = exactly_one(&actions, "route, redirect, direct_response") {
+            self.err(path, reason);
+        }
+        if let Some(action) = &r.route {
+            self.route_action(&format!("{path}.route"), action);
+        }
+        if let Some(redirect) = &r.redirect {
+            self.redirect(&format!("{path}.redirect"), redirect);
+        }
+        if let Some(dr) = &r.direct_response {
+            if !(100..=599).contains(&dr.status) {
+                self.err(
+                    format!("{path}.direct_response.status"),
+                    format!("invalid HTTP status {} (expected 100..=599)", dr.status),
+                );
+            }
+        }
+
+        self.headers_to_add(&format!("{path}.request_headers_to_add"), &r.request_headers_to_add);
+        self.headers_to_remove(
+            &format!("{path}.request_headers_to_remove"),
+            &r.request_headers_to_remove,
+        );
+        self.headers_to_add(
+            &format!("{path}.response_headers_to_add"),
+            &r.response_headers_to_add,
+        );
+        self.headers_to_remove(
+            &format!("{path}.response_headers_to_remove"),
+            &r.response_headers_to_remove,
+        );
+    }
+
+    fn regex(&mut self, path: &str, re: &str) {
+        if let Err(e) = regex::Regex::new(re) {
+            self.err(path, format!("invalid regex: {}", regex_error(&e)));
+        }
+    }
+
+    fn header_matcher(&mut self, path: &str, h: &HeaderMatcher) {
+        self.header_name(&format!("{path}.name"), &h.name, HeaderUse::Read);
+        let kinds = set_fields(&[
+            ("exact", h.exact.is_some()),
+            ("prefix", h.prefix.is_some()),
+            ("suffix", h.suffix.is_some()),
+            ("contains", h.contains.is_some()),
+            ("regex", h.regex.is_some()),
+            ("present", h.present.is_some()),
+        ]);
+        if let Some(reason) = exactly_one(&kinds, "exact, prefix, suffix, contains, regex, present")
+        {
+            self.err(path, reason);
+        }
+        if let Some(re) = &h.regex {
+            self.regex(&format!("{path}.regex"), re);
+        }
+    }
+
+    fn query_matcher(&mut self, path: &str, q: &QueryParameterMatcher) {
+        if q.name.is_empty() {
+            self.err(format!("{path}.name"), "must not be empty");
+        }
+        let kinds = set_fields(&[
+            ("exact", q.exact.is_some()),
+            ("regex", q.regex.is_some()),
+            ("present", q.present.is_some()),
+        ]);
+        if let Some(reason) = exactly_one(&kinds, "exact, regex, present") {
+            self.err(path, reason);
+        }
+        if let Some(re) = &q.regex {
+            self.regex(&format!("{path}.regex"), re);
+        }
+    }
+
+    fn route_action(&mut self, path: &str, a: &RouteAction) {
+        let targets = set_fields(&[
+            ("cluster", a.cluster.is_some()),
+            ("weighted_clusters", a.weighted_clusters.is_some()),
+        ]);
+        if let Some(reason) = exactly_one(&targets, "cluster, weighted_clusters") {
+            self.err(path, reason);
+        }
+        if let Some(name) = &a.cluster {
+            self.cluster_ref(&format!("{path}.cluster"), name);
+        }
+        if let Some(split) = &a.weighted_clusters {
+            let wpath = format!("{path}.weighted_clusters");
+            if split.is_empty() {
+                self.err(wpath.clone(), "at least one cluster is required");
+            } else {
+                // Summed in u64 so the check itself cannot overflow; the
+                // router sums in u32, hence the upper bound.
+                let total: u64 = split.iter().map(|w| u64::from(w.weight)).sum();
+                if total == 0 {
+                    self.err(wpath.clone(), "total weight must be greater than 0");
+                } else if total > u64::from(u32::MAX) {
+                    self.err(
+                        wpath.clone(),
+                        format!("total weight {total} exceeds {}", u32::MAX),
+                    );
+                }
+            }
+            for (i, w) in split.iter().enumerate() {
+                self.cluster_ref(&format!("{wpath}[{i}].name"), &w.name);
+            }
+        }
+        if let Some(rewrite) = &a.prefix_rewrite {
+            if HeaderValue::from_str(rewrite).is_err() || rewrite.contains([' ', '\t']) {
+                self.err(
+                    format!("{path}.prefix_rewrite"),
+                    format!("invalid path {rewrite:?}: only visible ASCII is allowed"),
+                );
+            }
+        }
+        if let Some(host) = &a.host_rewrite {
+            if let Err(reason) = check_authority(host) {
+                self.err(format!("{path}.host_rewrite"), reason);
+            }
+        }
+        for (i, h) in a.hash_policy.iter().enumerate() {
+            self.hash_policy(&format!("{path}.hash_policy[{i}]"), h);
+        }
+    }
+
+    fn hash_policy(&mut self, path: &str, h: &HashPolicy) {
+        let kinds = set_fields(&[
+            ("header", h.header.is_some()),
+            ("cookie", h.cookie.is_some()),
+            ("connection_properties", h.connection_properties.is_some()),
+            ("query_parameter", h.query_parameter.is_some()),
+        ]);
+        if let Some(reason) =
+            exactly_one(&kinds, "header, cookie, connection_properties, query_parameter")
+        {
+            self.err(path, reason);
+        }
+        if let Some(header) = &h.header {
+            self.header_name(
+                &format!("{path}.header.header_name"),
+                &header.header_name,
+                HeaderUse::Read,
+            );
+        }
+        if let Some(cookie) = &h.cookie {
+            if cookie.name.is_empty() {
+                self.err(format!("{path}.cookie.name"), "must not be empty");
+            }
+        }
+        if let Some(query) = &h.query_parameter {
+            if query.name.is_empty() {
+                self.err(format!("{path}.query_parameter.name"), "must not be empty");
+            }
+        }
+    }
+
+    fn redirect(&mut self, path: &str, r: &Redirect) {
+        if !matches!(r.response_code, 301 | 302 | 303 | 307 | 308) {
+            self.err(
+                format!("{path}.response_code"),
+                format!(
+                    "invalid redirect code {} (expected 301, 302, 303, 307 or 308)",
+                    r.response_code
+                ),
+            );
+        }
+        if r.path_redirect.is_some() && r.prefix_rewrite.is_some() {
+            self.err(
+                path,
+                "path_redirect and prefix_rewrite are exclusive: set at most one",
+            );
+        }
+        if let Some(scheme) = &r.scheme_redirect {
+            if r.https_redirect {
+                self.err(
+                    path,
+                    "scheme_redirect and https_redirect are exclusive: set at most one",
+                );
+            }
+            if !is_scheme(scheme) {
+                self.err(
+                    format!("{path}.scheme_redirect"),
+                    format!("invalid scheme {scheme:?} (e.g. http or https)"),
+                );
+            }
+        }
+        if let Some(host) = &r.host_redirect {
+            if let Err(reason) = check_authority(host) {
+                self.err(format!("{path}.host_redirect"), reason);
+            }
+        }
+        if r.port_redirect == Some(0) {
+            self.err(format!("{path}.port_redirect"), "port must be 1..=65535");
+        }
+        for (field, value) in [
+            ("path_redirect", &r.path_redirect),
+            ("prefix_rewrite", &r.prefix_rewrite),
+        ] {
+            if let Some(v) = value {
+                // Both end up in the Location header.
+                if HeaderValue::from_str(v).is_err() || v.contains([' ', '\t']) {
+                    self.err(
+                        format!("{path}.{field}"),
+                        format!("invalid path {v:?}: only visible ASCII is allowed"),
+                    );
+                }
+            }
+        }
+    }
+
+    // === Headers ===
+
+    fn header_name(&mut self, path: &str, name: &str, usage: HeaderUse) {
+        if let Err(reason) = check_header_name(name, usage) {
+            self.err(path, reason);
+        }
+    }
+
+    fn headers_to_add(&mut self, path: &str, headers: &[HeaderValueOption]) {
+        for (i, h) in headers.iter().enumerate() {
+            self.header_name(&format!("{path}[{i}].name"), &h.name, HeaderUse::Add);
+            if HeaderValue::from_str(&h.value).is_err() {
+                self.err(
+                    format!("{path}[{i}].value"),
+                    format!(
+                        "invalid header value {:?}: only visible ASCII, space and tab are \
+                         allowed",
+                        h.value
+                    ),
+                );
+            }
+        }
+    }
+
+    fn headers_to_remove(&mut self, path: &str, names: &[String]) {
+        for (i, name) in names.iter().enumerate() {
+            self.header_name(&format!("{path}[{i}]"), name, HeaderUse::Remove);
+        }
+    }
+
+    // === Clusters ===
+
+    fn cluster(&mut self, path: &str, c: &Cluster) {
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let epath = format!("{path}.endpoints[{i}]");
+            let checked = match c.kind {
+                ClusterKind::Static => check_static_endpoint(&e.address),
+                ClusterKind::StrictDns => check_dns_endpoint(&e.address),
+            };
+            if let Err(reason) = checked {
+                self.err(format!("{epath}.address"), reason);
+            }
+            if e.weight == 0 {
+                self.err(format!("{epath}.weight"), "must be at least 1");
+            }
+        }
+
+        if let Some(d) = c.connect_timeout {
+            if d.get().is_zero() {
+                self.err(format!("{path}.connect_timeout"), "must be greater than 0");
+            }
+        }
+        if let Some(d) = c.dns_refresh_rate {
+            if d.get().is_zero() {
+                self.err(format!("{path}.dns_refresh_rate"), "must be greater than 0");
+            }
+        }
+
+        if let Some(rh) = &c.ring_hash {
+            let p = format!("{path}.ring_hash");
+            if c.lb_policy != LbPolicy::RingHash {
+                self.err(p.clone(), policy_mismatch("ring_hash", c.lb_policy));
+            }
+            if rh.minimum_ring_size == 0 {
+                self.err(format!("{p}.minimum_ring_size"), "must be at least 1");
+            } else if rh.minimum_ring_size > rh.maximum_ring_size {
+                self.err(
+                    format!("{p}.minimum_ring_size"),
+                    format!(
+                        "must not exceed maximum_ring_size ({})",
+                        rh.maximum_ring_size
+                    ),
+                );
+            }
+            if rh.maximum_ring_size > RING_HASH_MAX_SIZE {
+                self.err(
+                    format!("{p}.maximum_ring_size"),
+                    format!("must not exceed {RING_HASH_MAX_SIZE}"),
+                );
+            }
+        }
+        if let Some(mg) = &c.maglev {
+            let p = format!("{path}.maglev");
+            if c.lb_policy != LbPolicy::Maglev {
+                self.err(p.clone(), policy_mismatch("maglev", c.lb_policy));
+            }
+            if mg.table_size > MAGLEV_MAX_TABLE_SIZE {
+                self.err(
+                    format!("{p}.table_size"),
+                    format!("must not exceed {MAGLEV_MAX_TABLE_SIZE}"),
+                );
+            } else if !is_prime(mg.table_size) {
+                self.err(
+                    format!("{p}.table_size"),
+                    format!(
+                        "{} is not prime (Maglev needs a prime table size, e.g. 65537)",
+                        mg.table_size
+                    ),
+                );
+            }
+        }
+        if let Some(lr) = &c.least_request {
+            let p = format!("{path}.least_request");
+            if c.lb_policy != LbPolicy::LeastRequest {
+                self.err(p.clone(), policy_mismatch("least_request", c.lb_policy));
+            }
+            if lr.choice_count == 0 {
+                self.err(format!("{p}.choice_count"), "must be at least 1");
+            }
+        }
+
+        if let Some(tls) = &c.tls {
+            if let Some(sni) = &tls.sni {
+                if ServerName::try_from(sni.as_str()).is_err() {
+                    self.err(
+                        format!("{path}.tls.sni"),
+                        format!("invalid server name {sni:?}: expected a DNS name or an IP"),
+                    );
+                }
+            }
+            if let Some(ca) = &tls.ca_file {
+                if let Some(reason) = check_cert_file(ca) {
+                    self.err(format!("{path}.tls.ca_file"), reason);
+                }
+            }
+        }
+    }
+}
+
+// === Checks on single values ===
+
+/// The names of the fields that are set, in the order given.
+fn set_fields(fields: &[(&'static str, bool)]) -> Vec<&'static str> {
+    fields.iter().filter(|(_, set)| *set).map(|(n, _)| *n).collect()
+}
+
+/// The reason when not exactly one of a group of exclusive fields is set.
+fn exactly_one(set: &[&str], all: &str) -> Option<String> {
+    match set {
+        [_] => None,
+        [] => Some(format!("exactly one of {all} is required; none is set")),
+        _ => Some(format!(
+            "exactly one of {all} is allowed; found {}",
+            set.join(" and ")
+        )),
+    }
+}
+
+fn policy_mismatch(field: &str, policy: LbPolicy) -> String {
+    let name = match policy {
+        LbPolicy::RoundRobin => "round_robin",
+        LbPolicy::LeastRequest => "least_request",
+        LbPolicy::Random => "random",
+        LbPolicy::RingHash => "ring_hash",
+        LbPolicy::Maglev => "maglev",
+    };
+    format!("{field} is set but lb_policy is {name}; set lb_policy: {field} or remove it")
+}
+
+/// The regex crate's syntax errors span lines (the pattern, a caret line,
+/// then `error: ...`); config errors are one line each, so keep the
+/// message lines and drop the drawing.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let messages: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("error: "))
+        .collect();
+    if messages.is_empty() {
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    } else {
+        messages.join("; ")
+    }
+}
+
+/// `example.com`, `example.com:8080`, `*.example.com`, `*-example.com`,
+/// `example.*`, `*`: Envoy allows one wildcard, only at either end.
+fn check_domain(domain: &str) -> Result<(), String> {
+    if domain.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if let Some(c) = domain
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '/')
+    {
+        return Err(format!("invalid character {c:?} in domain {domain:?}"));
+    }
+    let stars = domain.matches('*').count();
+    if stars > 1 || (stars == 1 && !domain.starts_with('*') && !domain.ends_with('*')) {
+        return Err(format!(
+            "invalid wildcard in {domain:?}: a single * only at the start or the end \
+             (*.example.com, *-example.com, example.*, *)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_header_name(name: &str, usage: HeaderUse) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("header name must not be empty".to_string());
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with(':') {
+        return match usage {
+            HeaderUse::Read if READABLE_PSEUDO_HEADERS.contains(&lower.as_str()) => Ok(()),
+            HeaderUse::Read => Err(format!(
+                "unknown pseudo-header {name:?} (expected one of {})",
+                READABLE_PSEUDO_HEADERS.join(", ")
+            )),
+            HeaderUse::Add => Err(format!(
+                "pseudo-header {name:?} may not be modified (use host_rewrite or \
+                 prefix_rewrite)"
+            )),
+            HeaderUse::Remove => Err(format!("pseudo-header {name:?} may not be removed")),
+        };
+    }
+    if HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(format!("invalid header name {name:?}"));
+    }
+    match usage {
+        HeaderUse::Read => Ok(()),
+        HeaderUse::Add if lower == "host" => {
+            Err("host may not be modified here; use route.host_rewrite".to_string())
+        }
+        HeaderUse::Add if HOP_BY_HOP_HEADERS.contains(&lower.as_str()) => Err(format!(
+            "hop-by-hop header {name:?} may not be added: it describes one connection and \
+             the proxy strips it"
+        )),
+        HeaderUse::Add if lower == "content-length" => Err(
+            "content-length may not be added: the proxy frames the message itself".to_string(),
+        ),
+        HeaderUse::Remove if lower == "host" => {
+            Err("host may not be removed: every request needs one".to_string())
+        }
+        HeaderUse::Add | HeaderUse::Remove => Ok(()),
+    }
+}
+
+/// A `Host` value: a name or IP, optionally with a port.
+fn check_authority(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    match host.parse::<http::uri::Authority>() {
+        // Authority also accepts `user@host`, which is no Host value.
+        Ok(_) if !host.contains('@') => Ok(()),
+        _ => Err(format!("invalid host {host:?}: expected host or host:port")),
+    }
+}
+
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+fn check_static_endpoint(addr: &str) -> Result<(), String> {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(format!("invalid address {addr:?}: port 0")),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "invalid address {addr:?}: a static cluster needs ip:port (use type: strict_dns \
+             for host names)"
+        )),
+    }
+}
+
+fn check_dns_endpoint(addr: &str) -> Result<(), String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return if a.port() == 0 {
+            Err(format!("invalid address {addr:?}: port 0"))
+        } else {
+            Ok(())
+        };
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("invalid address {addr:?}: expected host:port"));
+    };
+    let valid_host = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !valid_host {
+        return Err(format!("invalid host {host:?} in {addr:?}"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("invalid port {port:?} in {addr:?}: expected 1..=65535")),
+    }
+}
+
+/// The reason a PEM certificate file is unusable, if it is.
+fn check_cert_file(file: &str) -> Option<String> {
+    if file.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    let iter = match CertificateDer::pem_file_iter(file) {
+        Ok(iter) => iter,
+        Err(e) => return Some(pem_error(file, &e)),
+    };
+    let mut count = 0usize;
+    for cert in iter {
+        match cert {
+            Ok(_) => count += 1,
+            Err(e) => return Some(pem_error(file, &e)),
+        }
+    }
+    (count == 0).then(|| format!("no certificate found in {file}"))
+}
+
+/// The reason a PEM private key file is unusable, if it is.
+fn check_key_file(file: &str) -> Option<String> {
+    if file.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    match PrivateKeyDer::from_pem_file(file) {
+        Ok(_) => None,
+        Err(pem::Error::NoItemsFound) => Some(format!("no private key found in {file}")),
+        Err(e) => Some(pem_error(file, &e)),
+    }
+}
+
+fn pem_error(file: &str, e: &pem::Error) -> String {
+    match e {
+        pem::Error::Io(io) => {
+            let cwd = if Path::new(file).is_relative() {
+                " (relative paths start at the working directory)"
+            } else {
+                ""
+            };
+            format!("cannot read {file}: {io}{cwd}")
+        }
+        other => format!("invalid PEM in {file}: {other}"),
+    }
+}
+
+/// Trial division; callers bound `n` (≤ 5,000,011) so this stays cheap.
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n % 2 == 0 {
+        return n == 2;
+    }
+    let mut d = 3;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+//! One body type for both directions, as an enum so the common cases (an
+//! upstream or downstream stream, a local reply) cost no allocation.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::Completion;
+use crate::upstream::pool::Returner;
+
+pub enum ProxyBody {
+    Empty,
+    Full(Option<Bytes>),
+    /// A body streamed from the other side, untouched.
+    Incoming(Incoming),
+    /// A downstream request body whose size the access log wants.
+    Counted(Incoming, Arc<AtomicU64>),
+    /// An upstream response body: hands its HTTP/1.1 connection back to the
+    /// pool once fully read, and finishes the access-log record when done.
+    Upstream(UpstreamBody),
+}
+
+pub struct UpstreamBody {
+    inner: Incoming,
+    returner: Option<Returner>,
+    completion: Option<Box<Completion>>,
+    bytes: u64,
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        if b.is_empty() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::Full(Some(b))
+        }
+    }
+
+    pub fn upstream(
+        inner: Incoming,
+        returner: Option<Returner>,
+        completion: Option<Box<Completion>>,
+    ) -> Self {
+        let mut body = UpstreamBody {
+            inner,
+            returner,
+            completion,
+            bytes: 0,
+        };
+        // A body-less response (204, HEAD, Content-Length: 0) may never be
+        // polled: release the connection now.
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        ProxyBody::Upstream(body)
+    }
+}
+
+impl UpstreamBody {
+    pub fn set_completion(&mut self, c: Box<Completion>) {
+        self.completion = Some(c);
+    }
+
+    fn release(&mut self) {
+        if let Some(r) = self.returner.take() {
+            r.release();
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves the connection mid-response:
+        // the returner is dropped with it, which closes the connection.
+        if let Some(c) = self.completion.take() {
+            c.finish(self.bytes);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Incoming(inner) => Pin::new(inner).poll_frame(cx),
+            ProxyBody::Counted(inner, counter) => {
+                let poll = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &poll {
+                    if let Some(d) = frame.data_ref() {
+                        counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                poll
+            }
+            ProxyBody::Upstream(up) => {
+                let poll = Pin::new(&mut up.inner).poll_frame(cx);
+                match &poll {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            up.bytes += d.len() as u64;
+                        }
+                        if up.inner.is_end_stream() {
+                            up.release();
+                        }
+                    }
+                    Poll::Ready(None) => up.release(),
+                    _ => {}
+                }
+                poll
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Incoming(i) | ProxyBody::Counted(i, _) => i.is_end_stream(),
+            ProxyBody::Upstream(u) => u.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Incoming(i) | ProxyBody::Counted(i, _) => i.size_hint(),
+            ProxyBody::Upstream(u) => u.inner.size_hint(),
+        }
+    }
+}
