@@ -71,7 +71,10 @@ impl App {
             }
         };
         let admin_listener = admin::bind(admin_addr).await.map_err(|e| {
-            ConfigError::new("admin.address", format!("cannot listen on {admin_addr}: {e}"))
+            ConfigError::new(
+                "admin.address",
+                format!("cannot listen on {admin_addr}: {e}"),
+            )
         })?;
 
         let workers = start_workers(opts.concurrency.max(1))

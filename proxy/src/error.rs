@@ -27,6 +27,9 @@ pub enum ErrorKind {
     UpstreamReset,
     /// The listener is being removed or the proxy is draining.
     Draining,
+    /// A circuit breaker of the cluster is open (connections, pending
+    /// requests, requests or retries at their limit).
+    Overloaded,
 }
 
 /// Which side an error came from.
@@ -41,7 +44,7 @@ impl ErrorKind {
     pub fn side(self) -> Side {
         match self {
             ErrorKind::BadRequest => Side::Downstream,
-            ErrorKind::NoRoute | ErrorKind::Draining => Side::Internal,
+            ErrorKind::NoRoute | ErrorKind::Draining | ErrorKind::Overloaded => Side::Internal,
             _ => Side::Upstream,
         }
     }
@@ -63,7 +66,8 @@ impl ErrorKind {
             | ErrorKind::ConnectFailed
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
-            | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorKind::Draining
+            | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -77,6 +81,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "UT",
             ErrorKind::UpstreamReset => "UC",
             ErrorKind::Draining => "DR",
+            ErrorKind::Overloaded => "UO",
         }
     }
 
@@ -90,6 +95,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream request timeout\n",
             ErrorKind::UpstreamReset => "upstream reset before response started\n",
             ErrorKind::Draining => "listener draining\n",
+            ErrorKind::Overloaded => "upstream overloaded\n",
         }
     }
 }
@@ -122,6 +128,9 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         h.insert("x-ferry-error", HeaderValue::from_static(kind.flag()));
+        if kind == ErrorKind::Overloaded {
+            h.insert("x-ferry-overloaded", HeaderValue::from_static("true"));
+        }
         if matches!(kind, ErrorKind::BadRequest | ErrorKind::Draining) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

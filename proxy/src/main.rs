@@ -10,10 +10,19 @@ use ferry_proxy::app::{App, Options};
 use ferry_proxy::config::{self, duration::parse_duration};
 
 #[derive(Parser)]
-#[command(name = "ferry-proxy", version, about = "Ferry data plane: HTTP/1.1, HTTP/2 and TCP proxy")]
+#[command(
+    name = "ferry-proxy",
+    version,
+    about = "Ferry data plane: HTTP/1.1, HTTP/2 and TCP proxy"
+)]
 struct Cli {
     /// Config file to run (YAML; see docs/config.md).
-    #[arg(long, short = 'c', value_name = "FILE", required_unless_present = "validate")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        required_unless_present = "validate"
+    )]
     config: Option<PathBuf>,
     /// Check a config file, print every error with its field path, and exit
     /// (0 valid, 1 invalid).
@@ -61,15 +70,16 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let Some(config) = cli.config else {
         eprintln!("ferry-proxy: --config FILE is required");
         return ExitCode::from(2);
     };
-    let concurrency = cli.concurrency.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    });
+    let concurrency = cli
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = Options {
         config,
         admin: cli.admin,

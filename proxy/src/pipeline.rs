@@ -91,7 +91,10 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
     };
     let status = resp.status().as_u16();
     listener.stats.rq.inc(status);
-    listener.stats.rq_time.observe(start.elapsed().as_secs_f64());
+    listener
+        .stats
+        .rq_time
+        .observe(start.elapsed().as_secs_f64());
     *resp.version_mut() = version;
 
     if let Some((logger, head, bytes_in)) = log {
@@ -243,16 +246,9 @@ async fn route_and_forward(
         && cluster.protocol == UpstreamProtocol::Http1
         && is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let request_id = prepare_upstream_head(
-        &mut req,
-        conn,
-        route,
-        cluster,
-        authority,
-        new_path,
-        upgrade,
-    )
-    .map_err(|e| (e, None))?;
+    let request_id =
+        prepare_upstream_head(&mut req, conn, route, cluster, authority, new_path, upgrade)
+            .map_err(|e| (e, None))?;
 
     let inflight = ActiveRequest::new(endpoint.clone());
     let sent_at = Instant::now();

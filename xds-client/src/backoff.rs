@@ -53,12 +53,14 @@ mod tests {
     #[test]
     fn grows_then_caps_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let ceilings: Vec<_> = (0..6).map(|_| {
-            let c = b.ceiling();
-            let d = b.next_with(1.0);
-            assert_eq!(c, d);
-            d.as_millis()
-        }).collect();
+        let ceilings: Vec<_> = (0..6)
+            .map(|_| {
+                let c = b.ceiling();
+                let d = b.next_with(1.0);
+                assert_eq!(c, d);
+                d.as_millis()
+            })
+            .collect();
         assert_eq!(ceilings, vec![100, 200, 400, 800, 1000, 1000]);
         b.reset();
         assert_eq!(b.next_with(0.5), Duration::from_millis(50));

@@ -31,7 +31,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("invalid duration {text:?}: expected e.g. \"15s\" or \"250ms\""));
+        return Err(format!(
+            "invalid duration {text:?}: expected e.g. \"15s\" or \"250ms\""
+        ));
     }
     let value: f64 = num
         .parse()

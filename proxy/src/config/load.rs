@@ -83,7 +83,7 @@ routes:
         let e = parse_err(DEEP);
         assert_eq!(e.path, "routes[0].virtual_hosts[1].routes[3].match.regex");
         assert!(e.reason.starts_with("invalid type: sequence"), "{e}");
-        assert!(e.reason.contains("line 14"), "{e}");
+        assert!(e.reason.contains("line 15"), "{e}");
     }
 
     #[test]
@@ -141,7 +141,10 @@ routes:
         )
         .expect("parses");
         assert_eq!(
-            b.routes[0].virtual_hosts[0].routes[0].matcher.prefix.as_deref(),
+            b.routes[0].virtual_hosts[0].routes[0]
+                .matcher
+                .prefix
+                .as_deref(),
             Some("")
         );
     }
@@ -164,10 +167,12 @@ routes:
 
     #[test]
     fn load_file_reports_unreadable_file() {
-        let errs = load_file(std::path::Path::new("/nonexistent/ferry.yaml"))
-            .expect_err("missing file");
+        let errs =
+            load_file(std::path::Path::new("/nonexistent/ferry.yaml")).expect_err("missing file");
         assert_eq!(errs.0.len(), 1);
         assert_eq!(errs.0[0].path, "");
-        assert!(errs.0[0].reason.starts_with("cannot read /nonexistent/ferry.yaml"));
+        assert!(errs.0[0]
+            .reason
+            .starts_with("cannot read /nonexistent/ferry.yaml"));
     }
 }

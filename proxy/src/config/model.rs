@@ -71,6 +71,20 @@ pub struct Listener {
     /// Accepted connections above this are closed at once (0 = no limit).
     #[serde(default)]
     pub max_connections: u32,
+    /// A downstream connection with no request in flight for this long is
+    /// closed; default 1h (Envoy's HCM default). `0s` disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+    /// The whole request head must arrive within this after the connection
+    /// opens or its first byte arrives (slowloris); default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers_timeout: Option<Dur>,
+    /// Request heads larger than this get 431; default 60 (KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_headers_kb: Option<u32>,
+    /// Requests with more headers than this get 431; default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_headers_count: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +170,10 @@ pub struct Route {
     pub redirect: Option<Redirect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+    /// Request bodies up to this size are kept so a retry can resend them;
+    /// a larger body is streamed and not retried. Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_request_buffer_limit_bytes: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_headers_to_add: Vec<HeaderValueOption>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -247,6 +265,41 @@ pub struct RouteAction {
     /// hashes of all matching policies are combined.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_policy: Vec<HashPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// Envoy's retry policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Comma-separated conditions: `5xx`, `gateway-error`,
+    /// `connect-failure`, `reset`, `refused-stream`,
+    /// `retriable-status-codes`.
+    pub retry_on: String,
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries: Option<u32>,
+    /// Each try's own timeout, within the route timeout; default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_back_off: Option<RetryBackOff>,
+    /// For `retriable-status-codes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<u16>,
+}
+
+/// Exponential backoff with full jitter between tries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOff {
+    /// Default 25ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_interval: Option<Dur>,
+    /// Default 10 × base_interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<Dur>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -337,7 +390,7 @@ pub struct DirectResponse {
 
 // === Clusters ===
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
@@ -372,6 +425,182 @@ pub struct Cluster {
     pub maglev: Option<MaglevConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub least_request: Option<LeastRequestConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Below this percentage of healthy endpoints, balance across all of
+    /// them (Envoy's panic mode); default 50. 0 disables panic mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_panic_threshold: Option<f64>,
+}
+
+/// Per-cluster limits; overflow answers 503 with `x-ferry-overloaded: true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    #[serde(default = "default_breaker")]
+    pub max_connections: u32,
+    #[serde(default = "default_breaker")]
+    pub max_pending_requests: u32,
+    #[serde(default = "default_breaker")]
+    pub max_requests: u32,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// When set, replaces `max_retries`: active retries may be at most
+    /// budget_percent of active requests (but at least
+    /// min_retry_concurrency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: default_breaker(),
+            max_pending_requests: default_breaker(),
+            max_requests: default_breaker(),
+            max_retries: default_max_retries(),
+            retry_budget: None,
+        }
+    }
+}
+
+fn default_breaker() -> u32 {
+    1024
+}
+fn default_max_retries() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Default 20.
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: f64,
+    /// Default 3.
+    #[serde(default = "default_min_retry_concurrency")]
+    pub min_retry_concurrency: u32,
+}
+
+fn default_budget_percent() -> f64 {
+    20.0
+}
+fn default_min_retry_concurrency() -> u32 {
+    3
+}
+
+/// Active health checking. Exactly one of `http_health_check`,
+/// `tcp_health_check`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur>,
+    /// A random extra delay up to this is added to each interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_jitter: Option<Dur>,
+    /// Failed checks in a row that mark an endpoint unhealthy; default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    /// Passed checks in a row that mark it healthy again; default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_health_check: Option<HttpHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_health_check: Option<TcpHealthCheck>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    pub path: String,
+    /// `Host` sent; default the cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Half-open ranges `[start, end)`; default `[{start: 200, end: 300}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<StatusRange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+/// A TCP connect that succeeds within the timeout passes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
+
+/// Passive health: endpoints that keep failing are ejected for a while.
+/// Defaults are Envoy's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// 5xx answers (and connect failures, resets, timeouts) in a row that
+    /// eject; default 5.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_5xx: u32,
+    /// 502/503/504 (and connect failures, resets, timeouts) in a row that
+    /// eject; default 5.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_gateway_failure: u32,
+    /// Percentage chance an ejection by consecutive_5xx is enforced;
+    /// default 100.
+    #[serde(default = "default_enforcing_5xx")]
+    pub enforcing_consecutive_5xx: u32,
+    /// Default 0, as Envoy's: gateway-failure ejection is opt-in.
+    #[serde(default)]
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// How often ejections are reviewed; default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur>,
+    /// Ejection time = base_ejection_time × times ejected; default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Dur>,
+    /// Cap on one ejection's time; default 300s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<Dur>,
+    /// At most this percentage of the cluster is ejected at once (at least
+    /// one endpoint can always be); default 10.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: default_consecutive(),
+            consecutive_gateway_failure: default_consecutive(),
+            enforcing_consecutive_5xx: default_enforcing_5xx(),
+            enforcing_consecutive_gateway_failure: 0,
+            interval: None,
+            base_ejection_time: None,
+            max_ejection_time: None,
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_enforcing_5xx() -> u32 {
+    100
+}
+fn default_max_ejection_percent() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

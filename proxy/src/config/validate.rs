@@ -13,7 +13,7 @@
 //! with a missing or empty certificate is rejected before it replaces a
 //! working config.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -33,9 +33,10 @@ const MAGLEV_MAX_TABLE_SIZE: u64 = 5_000_011;
 const RING_HASH_MAX_SIZE: u64 = 8 * 1024 * 1024;
 /// ALPN protocols the HTTP server can speak.
 const ALPN_PROTOCOLS: &[&str] = &["h2", "http/1.1"];
-/// Pseudo-headers a matcher or hash policy may read; hyper exposes them as
-/// request parts rather than headers, but Envoy users match on them by name.
-const READABLE_PSEUDO_HEADERS: &[&str] = &[":authority", ":method", ":path", ":scheme"];
+/// Pseudo-headers a matcher or hash policy may read: the ones the router
+/// can take from the request head (`router::matcher::HeaderSource`).
+/// `:scheme` is not among them yet.
+const READABLE_PSEUDO_HEADERS: &[&str] = &[":authority", ":method", ":path"];
 /// Headers that describe one connection, not the message: the proxy strips
 /// them on every hop, so adding them would either be undone or corrupt the
 /// framing of the forwarded message.
@@ -67,8 +68,10 @@ pub fn validate(boot: &Bootstrap) -> Result<(), ConfigErrors> {
 
 struct Validator<'a> {
     errors: Vec<ConfigError>,
-    route_names: Vec<&'a str>,
-    cluster_names: Vec<&'a str>,
+    /// For reference checks; sets because a mesh config can hold thousands
+    /// of clusters, each named by many routes.
+    route_names: HashSet<&'a str>,
+    cluster_names: HashSet<&'a str>,
 }
 
 /// Where a header name is used; each use allows different names.
@@ -175,12 +178,7 @@ impl<'a> Validator<'a> {
 
     // === Listeners ===
 
-    fn listener(
-        &mut self,
-        path: &str,
-        l: &'a Listener,
-        bound: &mut HashMap<SocketAddr, String>,
-    ) {
+    fn listener(&mut self, path: &str, l: &'a Listener, bound: &mut HashMap<SocketAddr, String>) {
         let addr_path = format!("{path}.address");
         if let Some(addr) = self.socket_addr(&addr_path, &l.address) {
             // Port 0 asks the kernel for a fresh port, so any number of
@@ -273,7 +271,7 @@ impl<'a> Validator<'a> {
     fn route_ref(&mut self, path: &str, name: &str) {
         if name.is_empty() {
             self.err(path, "must not be empty");
-        } else if !self.route_names.contains(&name) {
+        } else if !self.route_names.contains(name) {
             self.err(path, format!("unknown route config {name:?}"));
         }
     }
@@ -281,7 +279,7 @@ impl<'a> Validator<'a> {
     fn cluster_ref(&mut self, path: &str, name: &str) {
         if name.is_empty() {
             self.err(path, "must not be empty");
-        } else if !self.cluster_names.contains(&name) {
+        } else if !self.cluster_names.contains(name) {
             self.err(path, format!("unknown cluster {name:?}"));
         }
     }
@@ -326,7 +324,10 @@ impl<'a> Validator<'a> {
             }
         }
 
-        self.headers_to_add(&format!("{path}.request_headers_to_add"), &vh.request_headers_to_add);
+        self.headers_to_add(
+            &format!("{path}.request_headers_to_add"),
+            &vh.request_headers_to_add,
+        );
         self.headers_to_remove(
             &format!("{path}.request_headers_to_remove"),
             &vh.request_headers_to_remove,
@@ -348,7 +349,10 @@ impl<'a> Validator<'a> {
     fn route(&mut self, path: &str, r: &Route) {
         if let Some(name) = &r.name {
             if name.is_empty() {
-                self.err(format!("{path}.name"), "must not be empty (omit it instead)");
+                self.err(
+                    format!("{path}.name"),
+                    "must not be empty (omit it instead)",
+                );
             }
         }
 
@@ -394,15 +398,19 @@ impl<'a> Validator<'a> {
             self.redirect(&format!("{path}.redirect"), redirect);
         }
         if let Some(dr) = &r.direct_response {
-            if !(100..=599).contains(&dr.status) {
+            // Envoy's range: a 1xx is never a final response.
+            if !(200..=599).contains(&dr.status) {
                 self.err(
                     format!("{path}.direct_response.status"),
-                    format!("invalid HTTP status {} (expected 100..=599)", dr.status),
+                    format!("invalid HTTP status {} (expected 200..=599)", dr.status),
                 );
             }
         }
 
-        self.headers_to_add(&format!("{path}.request_headers_to_add"), &r.request_headers_to_add);
+        self.headers_to_add(
+            &format!("{path}.request_headers_to_add"),
+            &r.request_headers_to_add,
+        );
         self.headers_to_remove(
             &format!("{path}.request_headers_to_remove"),
             &r.request_headers_to_remove,
@@ -433,9 +441,24 @@ impl<'a> Validator<'a> {
             ("regex", h.regex.is_some()),
             ("present", h.present.is_some()),
         ]);
-        if let Some(reason) = exactly_one(&kinds, "exact, prefix, suffix, contains, regex, present")
+        // None set means `present: true`, as in Envoy.
+        if let Some(reason) = at_most_one(&kinds, "exact, prefix, suffix, contains, regex, present")
         {
             self.err(path, reason);
+        }
+        // An empty prefix, suffix or substring matches every value: Envoy
+        // rejects it as a likely mistake (`present` says that on purpose).
+        for (field, value) in [
+            ("prefix", &h.prefix),
+            ("suffix", &h.suffix),
+            ("contains", &h.contains),
+        ] {
+            if value.as_ref().is_some_and(|v| v.is_empty()) {
+                self.err(
+                    format!("{path}.{field}"),
+                    "must not be empty (use present: true to match any value)",
+                );
+            }
         }
         if let Some(re) = &h.regex {
             self.regex(&format!("{path}.regex"), re);
@@ -451,7 +474,8 @@ impl<'a> Validator<'a> {
             ("regex", q.regex.is_some()),
             ("present", q.present.is_some()),
         ]);
-        if let Some(reason) = exactly_one(&kinds, "exact, regex, present") {
+        // None set means `present: true`, as in Envoy.
+        if let Some(reason) = at_most_one(&kinds, "exact, regex, present") {
             self.err(path, reason);
         }
         if let Some(re) = &q.regex {
@@ -475,8 +499,8 @@ impl<'a> Validator<'a> {
             if split.is_empty() {
                 self.err(wpath.clone(), "at least one cluster is required");
             } else {
-                // Summed in u64 so the check itself cannot overflow; the
-                // router sums in u32, hence the upper bound.
+                // Summed in u64 so the check itself cannot overflow; Envoy
+                // rejects a total beyond u32 too.
                 let total: u64 = split.iter().map(|w| u64::from(w.weight)).sum();
                 if total == 0 {
                     self.err(wpath.clone(), "total weight must be greater than 0");
@@ -492,11 +516,8 @@ impl<'a> Validator<'a> {
             }
         }
         if let Some(rewrite) = &a.prefix_rewrite {
-            if HeaderValue::from_str(rewrite).is_err() || rewrite.contains([' ', '\t']) {
-                self.err(
-                    format!("{path}.prefix_rewrite"),
-                    format!("invalid path {rewrite:?}: only visible ASCII is allowed"),
-                );
+            if let Err(reason) = check_path_chars(rewrite, false) {
+                self.err(format!("{path}.prefix_rewrite"), reason);
             }
         }
         if let Some(host) = &a.host_rewrite {
@@ -516,9 +537,10 @@ impl<'a> Validator<'a> {
             ("connection_properties", h.connection_properties.is_some()),
             ("query_parameter", h.query_parameter.is_some()),
         ]);
-        if let Some(reason) =
-            exactly_one(&kinds, "header, cookie, connection_properties, query_parameter")
-        {
+        if let Some(reason) = exactly_one(
+            &kinds,
+            "header, cookie, connection_properties, query_parameter",
+        ) {
             self.err(path, reason);
         }
         if let Some(header) = &h.header {
@@ -578,18 +600,20 @@ impl<'a> Validator<'a> {
         if r.port_redirect == Some(0) {
             self.err(format!("{path}.port_redirect"), "port must be 1..=65535");
         }
-        for (field, value) in [
-            ("path_redirect", &r.path_redirect),
-            ("prefix_rewrite", &r.prefix_rewrite),
-        ] {
-            if let Some(v) = value {
-                // Both end up in the Location header.
-                if HeaderValue::from_str(v).is_err() || v.contains([' ', '\t']) {
-                    self.err(
-                        format!("{path}.{field}"),
-                        format!("invalid path {v:?}: only visible ASCII is allowed"),
-                    );
-                }
+        if let Some(p) = &r.path_redirect {
+            // The whole new path, and optionally a query: `/new?from=old`.
+            let checked = if p.starts_with('/') {
+                check_path_chars(p, true)
+            } else {
+                Err(format!("path {p:?} must start with \"/\""))
+            };
+            if let Err(reason) = checked {
+                self.err(format!("{path}.path_redirect"), reason);
+            }
+        }
+        if let Some(p) = &r.prefix_rewrite {
+            if let Err(reason) = check_path_chars(p, false) {
+                self.err(format!("{path}.prefix_rewrite"), reason);
             }
         }
     }
@@ -727,7 +751,11 @@ impl<'a> Validator<'a> {
 
 /// The names of the fields that are set, in the order given.
 fn set_fields(fields: &[(&'static str, bool)]) -> Vec<&'static str> {
-    fields.iter().filter(|(_, set)| *set).map(|(n, _)| *n).collect()
+    fields
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(n, _)| *n)
+        .collect()
 }
 
 /// The reason when not exactly one of a group of exclusive fields is set.
@@ -739,6 +767,31 @@ fn exactly_one(set: &[&str], all: &str) -> Option<String> {
             "exactly one of {all} is allowed; found {}",
             set.join(" and ")
         )),
+    }
+}
+
+/// The reason when more than one of a group of exclusive fields is set.
+fn at_most_one(set: &[&str], all: &str) -> Option<String> {
+    (set.len() > 1).then(|| {
+        format!(
+            "at most one of {all} is allowed; found {}",
+            set.join(" and ")
+        )
+    })
+}
+
+/// Paths written into a request line or a `Location` header: RFC 3986
+/// path characters and `%` escapes; `?` only where a query may follow, and
+/// never a fragment.
+fn check_path_chars(value: &str, allow_query: bool) -> Result<(), String> {
+    let bad = value.chars().find(|&c| match c {
+        '?' => !allow_query,
+        '#' => true,
+        c => !(c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c)),
+    });
+    match bad {
+        None => Ok(()),
+        Some(c) => Err(format!("invalid character {c:?} in path {value:?}")),
     }
 }
 
@@ -800,7 +853,7 @@ fn check_header_name(name: &str, usage: HeaderUse) -> Result<(), String> {
         return match usage {
             HeaderUse::Read if READABLE_PSEUDO_HEADERS.contains(&lower.as_str()) => Ok(()),
             HeaderUse::Read => Err(format!(
-                "unknown pseudo-header {name:?} (expected one of {})",
+                "unsupported pseudo-header {name:?} (expected one of {})",
                 READABLE_PSEUDO_HEADERS.join(", ")
             )),
             HeaderUse::Add => Err(format!(
@@ -822,9 +875,9 @@ fn check_header_name(name: &str, usage: HeaderUse) -> Result<(), String> {
             "hop-by-hop header {name:?} may not be added: it describes one connection and \
              the proxy strips it"
         )),
-        HeaderUse::Add if lower == "content-length" => Err(
-            "content-length may not be added: the proxy frames the message itself".to_string(),
-        ),
+        HeaderUse::Add if lower == "content-length" => {
+            Err("content-length may not be added: the proxy frames the message itself".to_string())
+        }
         HeaderUse::Remove if lower == "host" => {
             Err("host may not be removed: every request needs one".to_string())
         }
@@ -881,7 +934,9 @@ fn check_dns_endpoint(addr: &str) -> Result<(), String> {
     }
     match port.parse::<u16>() {
         Ok(p) if p != 0 => Ok(()),
-        _ => Err(format!("invalid port {port:?} in {addr:?}: expected 1..=65535")),
+        _ => Err(format!(
+            "invalid port {port:?} in {addr:?}: expected 1..=65535"
+        )),
     }
 }
 

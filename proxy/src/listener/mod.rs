@@ -284,7 +284,14 @@ async fn accept_loop(
             listener: rt.clone(),
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_conn(stream, peer, rt, shared.clone(), stop.clone(), guard));
+        tokio::spawn(serve_conn(
+            stream,
+            peer,
+            rt,
+            shared.clone(),
+            stop.clone(),
+            guard,
+        ));
     }
 }
 
@@ -310,7 +317,9 @@ async fn serve_conn(
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls)) => crate::http::server::serve(tls, ctx, &shared.http, stop).await,
+                        Ok(Ok(tls)) => {
+                            crate::http::server::serve(tls, ctx, &shared.http, stop).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }

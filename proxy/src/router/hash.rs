@@ -139,7 +139,11 @@ pub(super) fn build(
             } else {
                 Some(Kind::Query(q.name.as_str().into()))
             }
-        } else if hp.connection_properties.as_ref().is_some_and(|c| c.source_ip) {
+        } else if hp
+            .connection_properties
+            .as_ref()
+            .is_some_and(|c| c.source_ip)
+        {
             Some(Kind::SourceIp)
         } else {
             continue;

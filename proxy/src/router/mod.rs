@@ -1,9 +1,11 @@
 //! Compiled route tables: host → virtual host → ordered routes → action.
 //!
 //! A [`RouteTable`] is built once per config from a [`RouteConfig`], off the
-//! request path; [`RouteTable::find`] is the per-request lookup and does not
-//! allocate unless the authority has upper-case letters (it is lowercased for
-//! the domain lookup). Cluster names are resolved to indices at build time.
+//! request path; [`RouteTable::find`] is the per-request lookup. It does not
+//! allocate except in rare cases: an authority with upper-case letters (it is
+//! lowercased for the domain lookup), a header matcher over a header sent
+//! several times (the values are joined), or a `:path` matcher on a request
+//! with a query. Cluster names are resolved to indices at build time.
 //!
 //! Semantics follow Envoy's router; where Ferry differs it says so at the
 //! item concerned.

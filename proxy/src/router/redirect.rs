@@ -36,12 +36,12 @@ impl RedirectAction {
     /// (`http`/`https`).
     pub fn respond(&self, req: &RequestView<'_>, scheme: &str) -> (StatusCode, HeaderValue) {
         let location = self.location(req, scheme);
-        let value = HeaderValue::from_str(&location).unwrap_or_else(|_| {
+        let value = HeaderValue::from_bytes(location.as_bytes()).unwrap_or_else(|_| {
             // Only control characters are refused, and request parts and
             // config values cannot contain them; dropping them is a
             // fallback that keeps this infallible.
             let clean: String = location.chars().filter(|c| !c.is_control()).collect();
-            HeaderValue::from_str(&clean).unwrap_or(HeaderValue::from_static("/"))
+            HeaderValue::from_bytes(clean.as_bytes()).unwrap_or(HeaderValue::from_static("/"))
         });
         (self.status, value)
     }
@@ -79,7 +79,13 @@ impl RedirectAction {
         };
 
         let mut out = String::with_capacity(
-            new_scheme.len() + 3 + host.len() + 6 + req.path.len() + req.query.map_or(0, str::len) + 1,
+            new_scheme.len()
+                + 3
+                + host.len()
+                + 6
+                + req.path.len()
+                + req.query.map_or(0, str::len)
+                + 1,
         );
         // Without any authority (HTTP/1.0 without Host) only a relative
         // reference can be built.

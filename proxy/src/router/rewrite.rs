@@ -38,7 +38,11 @@ impl PathRewrite {
             Some(n) => path.get(n..).unwrap_or(""),
             None => "",
         };
-        let head = if self.with.is_empty() { rest } else { &self.with };
+        let head = if self.with.is_empty() {
+            rest
+        } else {
+            &self.with
+        };
         if !head.starts_with('/') {
             out.push('/');
         }

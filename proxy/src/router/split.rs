@@ -108,8 +108,14 @@ mod tests {
         let cases: [(&[WeightedCluster], [u64; 4]); 4] = [
             (&[wc("a", 1)], [1, 0, 0, 0]),
             (&[wc("a", 90), wc("b", 10)], [90, 10, 0, 0]),
-            (&[wc("a", 1), wc("b", 2), wc("c", 3), wc("d", 4)], [1, 2, 3, 4]),
-            (&[wc("a", 0), wc("b", 5), wc("c", 0), wc("d", 5)], [0, 5, 0, 5]),
+            (
+                &[wc("a", 1), wc("b", 2), wc("c", 3), wc("d", 4)],
+                [1, 2, 3, 4],
+            ),
+            (
+                &[wc("a", 0), wc("b", 5), wc("c", 0), wc("d", 5)],
+                [0, 5, 0, 5],
+            ),
         ];
         for (clusters, want) in cases {
             let Ok(w) = build(clusters) else {

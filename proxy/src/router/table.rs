@@ -12,8 +12,7 @@ use super::redirect::{strip_port, RedirectAction};
 use super::rewrite::{check_path, PathRewrite};
 use super::split::WeightedClusters;
 use super::{
-    hash, matcher, Action, DirectAction, HeaderOps, Route, RouteTable, VirtualHost,
-    DEFAULT_TIMEOUT,
+    hash, matcher, Action, DirectAction, HeaderOps, Route, RouteTable, VirtualHost, DEFAULT_TIMEOUT,
 };
 use crate::config::{
     ConfigError, ConfigErrors, HeaderValueOption, Route as RouteConfigEntry, RouteAction,
@@ -63,7 +62,10 @@ impl Errors {
         };
         self.push(
             p,
-            format!("{rule} of {} must be set (found: {found})", names.join(", ")),
+            format!(
+                "{rule} of {} must be set (found: {found})",
+                names.join(", ")
+            ),
         );
         false
     }
@@ -256,10 +258,7 @@ fn build_forward(
         match cluster_index(name) {
             Some(i) => Some(Action::Cluster(i)),
             None => {
-                errs.push(
-                    format!("{p}.cluster"),
-                    format!("unknown cluster {name:?}"),
-                );
+                errs.push(format!("{p}.cluster"), format!("unknown cluster {name:?}"));
                 None
             }
         }
@@ -381,12 +380,15 @@ fn header_ops(
 /// wildcards (`*.example.com`, `*-bar.example.com`) longest first, then
 /// prefix wildcards (`api.*`) longest first, then `*`. Keys are lowercase
 /// bytes; a wildcard must cover at least one character.
+/// (length, wildcard parts of that length → virtual host), longest first,
+/// so the first hit is the longest match.
+type ByLength = Vec<(usize, HashMap<Box<[u8]>, usize>)>;
+
 #[derive(Default)]
 pub(super) struct DomainIndex {
     exact: HashMap<Box<[u8]>, usize>,
-    /// (suffix length, suffixes of that length), longest first.
-    suffix: Vec<(usize, HashMap<Box<[u8]>, usize>)>,
-    prefix: Vec<(usize, HashMap<Box<[u8]>, usize>)>,
+    suffix: ByLength,
+    prefix: ByLength,
     default: Option<usize>,
 }
 
@@ -414,7 +416,7 @@ impl DomainIndex {
         if let Some(&i) = self.exact.get(host) {
             return Some(i);
         }
-        let wildcard = |groups: &[(usize, HashMap<Box<[u8]>, usize>)], suffix: bool| {
+        let wildcard = |groups: &ByLength, suffix: bool| {
             groups
                 .iter()
                 .filter(|(len, _)| *len < host.len())
@@ -451,7 +453,10 @@ impl DomainIndexBuilder {
                 continue;
             }
             if let Some(first) = self.seen.get(&d) {
-                errs.push(dp, format!("duplicate domain {domain:?} (first in {first})"));
+                errs.push(
+                    dp,
+                    format!("duplicate domain {domain:?} (first in {first})"),
+                );
                 continue;
             }
             self.seen.insert(d.clone(), dp);
@@ -470,13 +475,13 @@ impl DomainIndexBuilder {
 
     fn finish(mut self) -> DomainIndex {
         for groups in [&mut self.index.suffix, &mut self.index.prefix] {
-            groups.sort_by(|a, b| b.0.cmp(&a.0));
+            groups.sort_by_key(|g| std::cmp::Reverse(g.0));
         }
         self.index
     }
 }
 
-fn insert_grouped(groups: &mut Vec<(usize, HashMap<Box<[u8]>, usize>)>, key: &[u8], vh: usize) {
+fn insert_grouped(groups: &mut ByLength, key: &[u8], vh: usize) {
     let len = key.len();
     let group = match groups.iter().position(|(l, _)| *l == len) {
         Some(g) => &mut groups[g].1,

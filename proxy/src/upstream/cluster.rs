@@ -156,7 +156,9 @@ impl Cluster {
         };
         let base = PoolSettings {
             protocol: cfg.protocol,
-            connect_timeout: cfg.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get()),
+            connect_timeout: cfg
+                .connect_timeout
+                .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.get()),
             idle_timeout: cfg.idle_timeout.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.get()),
             max_idle: cfg.max_idle_per_endpoint.unwrap_or(DEFAULT_MAX_IDLE) as usize,
             tls: None,
@@ -192,7 +194,10 @@ impl Cluster {
             if let Some((connector, sni)) = tls {
                 let server_name = match sni.as_deref().or(t.hostname.as_deref()) {
                     Some(name) => ServerName::try_from(name.to_string()).map_err(|e| {
-                        ConfigError::new(format!("{path}.tls.sni"), format!("invalid server name {name:?}: {e}"))
+                        ConfigError::new(
+                            format!("{path}.tls.sni"),
+                            format!("invalid server name {name:?}: {e}"),
+                        )
                     })?,
                     None => ServerName::IpAddress(t.addr.ip().into()),
                 };
@@ -226,15 +231,21 @@ impl Cluster {
             })
             .collect();
         let balancer = Balancer::new(&self.config, &lb);
-        Ok(HostSet { endpoints, balancer })
+        Ok(HostSet {
+            endpoints,
+            balancer,
+        })
     }
 
     /// Picks an endpoint for one request.
     pub fn pick(&self, hash: Option<u64>) -> Option<Arc<Endpoint>> {
         let hosts = self.hosts.load();
-        let i = hosts
-            .balancer
-            .pick(hash, &|i| hosts.endpoints.get(i).map_or(0, |e| e.active.load(Ordering::Relaxed)))?;
+        let i = hosts.balancer.pick(hash, &|i| {
+            hosts
+                .endpoints
+                .get(i)
+                .map_or(0, |e| e.active.load(Ordering::Relaxed))
+        })?;
         hosts.endpoints.get(i).cloned()
     }
 
@@ -290,12 +301,14 @@ pub async fn resolve(cfg: &config::Cluster, path: &str) -> Result<Vec<Target>, C
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_string();
-                let addrs = tokio::net::lookup_host(ep.address.as_str()).await.map_err(|e| {
-                    ConfigError::new(
-                        format!("{path}.endpoints[{i}].address"),
-                        format!("cannot resolve {:?}: {e}", ep.address),
-                    )
-                })?;
+                let addrs = tokio::net::lookup_host(ep.address.as_str())
+                    .await
+                    .map_err(|e| {
+                        ConfigError::new(
+                            format!("{path}.endpoints[{i}].address"),
+                            format!("cannot resolve {:?}: {e}", ep.address),
+                        )
+                    })?;
                 let mut seen: Vec<SocketAddr> = addrs.collect();
                 seen.sort();
                 seen.dedup();
@@ -331,8 +344,13 @@ pub fn spawn_dns_refresh(cluster: &Arc<Cluster>) {
             match resolve(&cluster.config, &cluster.name).await {
                 Ok(targets) => {
                     let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
-                    let current: Vec<SocketAddr> =
-                        cluster.hosts.load().endpoints.iter().map(|e| e.addr).collect();
+                    let current: Vec<SocketAddr> = cluster
+                        .hosts
+                        .load()
+                        .endpoints
+                        .iter()
+                        .map(|e| e.addr)
+                        .collect();
                     if last.as_ref() != Some(&addrs) && addrs != current {
                         tracing::info!(cluster = %cluster.name, endpoints = ?addrs, "DNS endpoints changed");
                         if let Err(e) = cluster.update_targets(targets) {

@@ -178,7 +178,10 @@ impl Pool {
         }
     }
 
-    async fn send_h2(self: &Arc<Self>, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+    async fn send_h2(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let mut sender = match self.current_h2() {
             Some(s) => s,
             None => {

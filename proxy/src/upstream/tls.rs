@@ -18,15 +18,22 @@ pub fn client_config(
     let mut roots = RootCertStore::empty();
     match &tls.ca_file {
         Some(file) => {
-            let certs = CertificateDer::pem_file_iter(file)
-                .map_err(|e| ConfigError::new(format!("{path}.ca_file"), format!("cannot read {file}: {e}")))?;
+            let certs = CertificateDer::pem_file_iter(file).map_err(|e| {
+                ConfigError::new(
+                    format!("{path}.ca_file"),
+                    format!("cannot read {file}: {e}"),
+                )
+            })?;
             let mut n = 0;
             for cert in certs {
                 let cert = cert.map_err(|e| {
                     ConfigError::new(format!("{path}.ca_file"), format!("bad PEM in {file}: {e}"))
                 })?;
                 roots.add(cert).map_err(|e| {
-                    ConfigError::new(format!("{path}.ca_file"), format!("bad certificate in {file}: {e}"))
+                    ConfigError::new(
+                        format!("{path}.ca_file"),
+                        format!("bad certificate in {file}: {e}"),
+                    )
                 })?;
                 n += 1;
             }

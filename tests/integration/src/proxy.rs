@@ -18,7 +18,10 @@ pub fn binary_path(name: &str) -> PathBuf {
         }
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe.parent().expect("test binary has a parent").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("test binary has a parent")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -189,10 +192,14 @@ impl Proxy {
         let (ok, failed) = self.reload_counts().await;
         self.write_config(yaml);
         self.signal("HUP");
-        wait_until("the reload is counted", Duration::from_secs(10), || async {
-            let (ok2, failed2) = self.reload_counts().await;
-            ok2 + failed2 > ok + failed
-        })
+        wait_until(
+            "the reload is counted",
+            Duration::from_secs(10),
+            async || {
+                let (ok2, failed2) = self.reload_counts().await;
+                ok2 + failed2 > ok + failed
+            },
+        )
         .await;
         (ok, failed)
     }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use ferry_integration_tests::{
-    empty, generated, grpc_health_client, raw_read_head, Backend, Client, GrpcHealth, Pki, TcpEcho, TestDir,
-    TlsClient,
+    empty, generated, grpc_health_client, raw_read_head, Backend, Client, GrpcHealth, Pki, TcpEcho,
+    TestDir, TlsClient,
 };
 use http::Request;
 use http_body_util::BodyExt;
@@ -55,7 +55,13 @@ async fn backend_status_set_and_hop_headers() {
     assert_eq!(r.status, 418);
     assert_eq!(r.header("x-one"), Some("1"));
     assert_eq!(r.header("x-two"), Some("2"));
-    for h in ["connection", "x-resp-hop", "keep-alive", "proxy-connection", "upgrade"] {
+    for h in [
+        "connection",
+        "x-resp-hop",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+    ] {
         assert!(r.headers.contains_key(h), "{h} missing: {:?}", r.headers);
     }
 }

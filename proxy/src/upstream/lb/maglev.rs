@@ -130,9 +130,18 @@ mod tests {
     #[test]
     fn tiny_tables_fill() {
         let eps = [
-            LbEndpoint { key: "a", weight: 1 },
-            LbEndpoint { key: "b", weight: 1 },
-            LbEndpoint { key: "c", weight: 1 },
+            LbEndpoint {
+                key: "a",
+                weight: 1,
+            },
+            LbEndpoint {
+                key: "b",
+                weight: 1,
+            },
+            LbEndpoint {
+                key: "c",
+                weight: 1,
+            },
         ];
         for size in [0, 1, 2, 3, 4, 7] {
             let m = Maglev::new(&eps, size);

@@ -137,8 +137,14 @@ mod tests {
     #[test]
     fn lookup_wraps_around() {
         let eps = [
-            LbEndpoint { key: "a", weight: 1 },
-            LbEndpoint { key: "b", weight: 1 },
+            LbEndpoint {
+                key: "a",
+                weight: 1,
+            },
+            LbEndpoint {
+                key: "b",
+                weight: 1,
+            },
         ];
         let ring = RingHash::new(&eps, 4, 4);
         assert_eq!(ring.len(), 4);
