@@ -1,140 +1,191 @@
 //! HTTP filters for Ferry's proxy.
 //!
-//! Owns: the [`HttpFilter`] trait, the per-config [`FilterChain`], and (as
-//! they land) the built-in filters, each with its own config. Must not
-//! touch: sockets, hyper, the proxy's snapshot or router. Filters see only
-//! `http` types, so the proxy can change its HTTP stack without touching
-//! them.
+//! **Owns:** the [`HttpFilter`] trait and what a hook may ask for
+//! ([`Action`], [`Flow`], [`LocalReply`]); the per-listener [`FilterChain`],
+//! per-route overrides ([`RouteFilters`]) and the per-request driver
+//! ([`RequestFilters`]); the explicit name → factory [`Registry`]; every
+//! built-in filter and its config ([`fault`], [`local_ratelimit`],
+//! [`header_mutation`], [`cors`], [`rbac`]); the injectable [`Clock`] and
+//! [`Random`] they read.
 //!
-//! A chain is built once per config and shared by every request; a filter
-//! keeps per-request state only in the [`RequestCtx`] it is handed.
+//! **Must not touch:** sockets, hyper, tokio, the proxy's snapshot, router or
+//! error types. Filters see only `http` types and [`RequestCtx`], so the proxy
+//! can change its HTTP stack without touching them. Hooks are synchronous and
+//! never wait: a filter that needs time to pass (a fault delay) returns
+//! [`Action::Delay`] and the pipeline does the waiting.
+//!
+//! # Integration surface (what `proxy/src/pipeline.rs` calls)
+//!
+//! Build time, once per snapshot (never per request):
+//! - [`Registry::builtin`] (or [`Registry::new`] with a test clock/RNG);
+//! - [`Registry::build_chain`] on a listener's `http_filters: Vec<FilterSpec>`
+//!   → [`FilterChain`], or every error as [`FilterConfigError`] with its path;
+//! - [`Registry::build_route_filters`] on a virtual host's or route's
+//!   `per_filter_config: BTreeMap<String, PerFilterConfig>` → [`RouteFilters`]
+//!   (pass the virtual host's result as `parent` when building its routes, so
+//!   a virtual-host override is one instance shared by its routes).
+//!
+//! Per request:
+//! ```text
+//! let mut f = chain.start(RequestCtx::new(peer, version, SystemTime::now()), Some(&route_filters));
+//! loop {
+//!     match f.on_request_head(&mut head) {
+//!         Action::Continue => break,
+//!         Action::Delay(d) => tokio::time::sleep(d).await, // then call again: the chain resumes
+//!         Action::Respond(r) => return f.local_response(r), // response hooks of earlier filters run
+//!     }
+//! }
+//! // body chunks: f.on_request_body(&mut chunk, eos) -> Flow (Respond = answer, drop upstream)
+//! f.ctx_mut().upstream_host = Some(endpoint_addr);
+//! match f.on_response_head(&mut resp_head) { Flow::Continue => {}, Flow::Respond(r) => return r.into_response() }
+//! // while streaming: f.on_response_body(&mut chunk, eos); f.on_response_trailers(&mut trailers)
+//! ```
+//! The pipeline's own error responses (404, 503, …) produced after the chain
+//! ran should also go through [`RequestFilters::on_response_head`], so CORS
+//! and header mutations apply to them as to any response.
+//!
+//! Hook order follows Envoy: request hooks in chain order, response hooks in
+//! reverse, and a local reply from filter *i* passes back through the
+//! response hooks of filters *0..i* only (those that saw the request).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{request, response, HeaderMap};
+use http::{request, response, HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-/// What a hook asks the proxy to do next.
+mod chain;
+mod config;
+mod ctx;
+mod env;
+mod error;
+mod matcher;
+mod registry;
+
+pub mod cors;
+pub mod fault;
+pub mod header_mutation;
+pub mod local_ratelimit;
+pub mod rbac;
+
+pub use chain::{FilterChain, RequestFilters, RouteFilters};
+pub use config::{parse_config, parse_duration, Dur, FilterSpec, PerFilterConfig, Percent};
+pub use ctx::{FilterCx, FilterState, RequestCtx};
+pub use env::{Clock, FilterEnv, ManualClock, Random, SeededRandom, SystemClock, ThreadRandom};
+pub use error::FilterConfigError;
+pub use matcher::{HeaderMatcher, StringMatch};
+pub use registry::{BuildFn, Registry};
+
+/// What a request-head hook asks the pipeline to do next.
+#[derive(Debug)]
 pub enum Action {
-    /// Go on to the next filter / phase.
+    /// Go on to the next filter, then to routing and the upstream.
     Continue,
-    /// Stop the chain and answer the client with this response; the
-    /// upstream is not called.
-    Respond(http::Response<Bytes>),
+    /// Stop the chain and answer the client with this reply; the upstream is
+    /// not called.
+    Respond(LocalReply),
+    /// Hold the request this long, then call
+    /// [`RequestFilters::on_request_head`] again: the same filter is called
+    /// again with [`FilterCx::resumed`] set, so it can finish what it started
+    /// (a fault filter aborts after its delay).
+    Delay(Duration),
 }
 
-/// Per-request facts a filter may read.
-pub struct RequestCtx {
-    pub peer: SocketAddr,
-    pub request_id: Option<http::HeaderValue>,
+/// What a body or response-head hook asks for: hooks past the request head
+/// cannot delay (the bytes are already moving).
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    /// Request body: answer instead of forwarding. Response head: replace the
+    /// upstream response (its body is dropped) with this reply.
+    Respond(LocalReply),
 }
 
-/// One HTTP filter. Every hook has a pass-through default, so a filter
-/// implements only the phases it cares about. Hooks are synchronous: a filter
-/// that must wait (a delay) does so in the proxy's pipeline, not here.
-pub trait HttpFilter: Send + Sync {
-    /// The filter's registered name (`fault`, `local_ratelimit`, ...).
-    fn name(&self) -> &'static str;
+/// A response produced by a filter instead of the upstream.
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
 
-    fn on_request_head(&self, _ctx: &RequestCtx, _head: &mut request::Parts) -> Action {
+/// One HTTP filter instance, built once from its config and shared by every
+/// request. Every hook has a pass-through default (none panics), so a filter
+/// implements only the phases it cares about. Per-request data goes in
+/// [`FilterCx::state`], never in `self`.
+pub trait HttpFilter: Send + Sync + 'static {
+    /// true when the filter keeps per-request data in [`FilterCx::state`];
+    /// the chain allocates state slots only for such filters (none at all
+    /// when no filter of the chain asks).
+    fn wants_state(&self) -> bool {
+        false
+    }
+
+    fn on_request_head(&self, _cx: &mut FilterCx<'_>, _head: &mut request::Parts) -> Action {
         Action::Continue
     }
 
-    fn on_request_body(&self, _ctx: &RequestCtx, _chunk: &mut Bytes) -> Action {
-        Action::Continue
+    fn on_request_body(&self, _cx: &mut FilterCx<'_>, _chunk: &mut Bytes, _end: bool) -> Flow {
+        Flow::Continue
     }
 
-    fn on_response_head(&self, _ctx: &RequestCtx, _head: &mut response::Parts) -> Action {
-        Action::Continue
+    fn on_response_head(&self, _cx: &mut FilterCx<'_>, _head: &mut response::Parts) -> Flow {
+        Flow::Continue
     }
 
-    fn on_response_trailers(&self, _ctx: &RequestCtx, _trailers: &mut HeaderMap) {}
+    /// Response bytes are already streaming to the client: modify in place
+    /// only.
+    fn on_response_body(&self, _cx: &mut FilterCx<'_>, _chunk: &mut Bytes, _end: bool) {}
+
+    fn on_response_trailers(&self, _cx: &mut FilterCx<'_>, _trailers: &mut HeaderMap) {}
 }
 
-/// An ordered list of filters, built once per config.
-#[derive(Clone, Default)]
-pub struct FilterChain {
-    filters: Arc<[Arc<dyn HttpFilter>]>,
-}
+// === impl LocalReply ===
 
-impl FilterChain {
-    pub fn new(filters: Vec<Arc<dyn HttpFilter>>) -> Self {
-        FilterChain {
-            filters: filters.into(),
+impl LocalReply {
+    /// A reply with a `text/plain` body (no body when `body` is empty).
+    pub fn new(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        let body = body.into();
+        let mut headers = HeaderMap::new();
+        if !body.is_empty() {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain"),
+            );
+        }
+        LocalReply {
+            status,
+            headers,
+            body,
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.filters.is_empty()
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
     }
 
-    /// Runs the request-head hooks in order; the first `Respond` wins.
-    pub fn on_request_head(&self, ctx: &RequestCtx, head: &mut request::Parts) -> Action {
-        for f in self.filters.iter() {
-            if let Action::Respond(r) = f.on_request_head(ctx, head) {
-                return Action::Respond(r);
-            }
-        }
-        Action::Continue
+    /// The reply as a response with `content-length` set.
+    pub fn into_response(self) -> http::Response<Bytes> {
+        let (parts, body) = self.into_parts();
+        Self::finish(parts, body)
     }
 
-    /// Runs the response-head hooks in reverse order, as Envoy's encoder
-    /// chain does.
-    pub fn on_response_head(&self, ctx: &RequestCtx, head: &mut response::Parts) -> Action {
-        for f in self.filters.iter().rev() {
-            if let Action::Respond(r) = f.on_response_head(ctx, head) {
-                return Action::Respond(r);
-            }
-        }
-        Action::Continue
+    pub(crate) fn into_parts(self) -> (response::Parts, Bytes) {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = self.status;
+        parts.headers = self.headers;
+        (parts, self.body)
+    }
+
+    pub(crate) fn finish(mut parts: response::Parts, body: Bytes) -> http::Response<Bytes> {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        http::Response::from_parts(parts, body)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Deny;
-    impl HttpFilter for Deny {
-        fn name(&self) -> &'static str {
-            "deny"
-        }
-        fn on_request_head(&self, _: &RequestCtx, _: &mut request::Parts) -> Action {
-            let mut r = http::Response::new(Bytes::from_static(b"no"));
-            *r.status_mut() = http::StatusCode::FORBIDDEN;
-            Action::Respond(r)
-        }
-    }
-
-    struct Tag(&'static str);
-    impl HttpFilter for Tag {
-        fn name(&self) -> &'static str {
-            "tag"
-        }
-        fn on_request_head(&self, _: &RequestCtx, head: &mut request::Parts) -> Action {
-            head.headers
-                .append("x-tag", http::HeaderValue::from_static(self.0));
-            Action::Continue
-        }
-    }
-
-    fn ctx() -> RequestCtx {
-        RequestCtx {
-            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
-            request_id: None,
-        }
-    }
-
-    #[test]
-    fn chain_runs_in_order_and_stops_at_respond() {
-        let chain = FilterChain::new(vec![Arc::new(Tag("a")), Arc::new(Deny), Arc::new(Tag("b"))]);
-        let (mut head, _) = http::Request::new(()).into_parts();
-        match chain.on_request_head(&ctx(), &mut head) {
-            Action::Respond(r) => assert_eq!(r.status(), http::StatusCode::FORBIDDEN),
-            Action::Continue => panic!("deny filter must answer"),
-        }
-        let tags: Vec<_> = head.headers.get_all("x-tag").iter().collect();
-        assert_eq!(tags, vec!["a"], "filters after the answering one must not run");
-    }
-}
+mod tests;
+#[cfg(test)]
+mod testutil;

@@ -5,7 +5,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use ferry_filters::{FilterChain, Registry, RouteFilters};
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLogger;
@@ -34,7 +38,88 @@ pub struct ListenerRt {
     pub cluster: Option<usize>,
     pub tls: Option<TlsAcceptor>,
     pub stats: ListenerStats,
+    /// The HTTP connection builder with this listener's limits.
+    pub http: auto::Builder<TokioExecutor>,
+    /// None: connections may idle forever.
+    pub idle_timeout: Option<Duration>,
+    /// None when the listener has no HTTP filters: the pipeline skips the
+    /// chain entirely.
+    pub filters: Option<ListenerFilters>,
 }
+
+/// A listener's filter chain and, for each route of its route config, the
+/// chain as that route (and its virtual host) overrides it. Kept on the
+/// listener because one route table can serve listeners with different
+/// chains.
+pub struct ListenerFilters {
+    pub chain: FilterChain,
+    routes: Vec<Vec<RouteFilters>>,
+}
+
+impl ListenerFilters {
+    pub fn for_route(&self, id: crate::router::RouteId) -> Option<&RouteFilters> {
+        self.routes.get(id.virtual_host)?.get(id.route)
+    }
+}
+
+pub(crate) fn build_filters(
+    registry: &Registry,
+    l: &config::Listener,
+    path: &str,
+    routes: Option<(usize, &config::RouteConfig)>,
+) -> Result<Option<ListenerFilters>, Vec<ConfigError>> {
+    if l.http_filters.is_empty() {
+        return Ok(None);
+    }
+    let to_config = |e: ferry_filters::FilterConfigError| ConfigError::new(e.path, e.reason);
+    let chain = registry
+        .build_chain(&l.http_filters, &format!("{path}.http_filters"))
+        .map_err(|e| e.into_iter().map(to_config).collect::<Vec<_>>())?;
+    let mut errors = Vec::new();
+    let mut per_route = Vec::new();
+    if let Some((ri, rc)) = routes {
+        for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+            let vp = format!("routes[{ri}].virtual_hosts[{i}]");
+            let vh_filters = match registry.build_route_filters(
+                &chain,
+                None,
+                &vh.per_filter_config,
+                &format!("{vp}.per_filter_config"),
+            ) {
+                Ok(f) => f,
+                Err(e) => {
+                    errors.extend(e.into_iter().map(to_config));
+                    chain.default_route_filters()
+                }
+            };
+            let mut row = Vec::with_capacity(vh.routes.len());
+            for (j, r) in vh.routes.iter().enumerate() {
+                match registry.build_route_filters(
+                    &chain,
+                    Some(&vh_filters),
+                    &r.per_filter_config,
+                    &format!("{vp}.routes[{j}].per_filter_config"),
+                ) {
+                    Ok(f) => row.push(f),
+                    Err(e) => errors.extend(e.into_iter().map(to_config)),
+                }
+            }
+            per_route.push(row);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Some(ListenerFilters {
+        chain,
+        routes: per_route,
+    }))
+}
+
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+const DEFAULT_HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_HEADERS_KB: u32 = 60;
+const DEFAULT_MAX_HEADERS: u32 = 100;
 
 impl Active {
     /// Compiles a validated config. Every error is reported; nothing is
@@ -42,6 +127,7 @@ impl Active {
     pub async fn build(
         boot: Bootstrap,
         registry: &Arc<PoolRegistry>,
+        filter_registry: &Registry,
         access_log: Option<Arc<AccessLogger>>,
     ) -> Result<Active, ConfigErrors> {
         let mut errors = Vec::new();
@@ -128,7 +214,34 @@ impl Active {
                     }
                 }
             };
+            let route_cfg = l.route_config.as_deref().and_then(|name| {
+                boot.routes
+                    .iter()
+                    .enumerate()
+                    .find(|(_, rc)| rc.name == name)
+            });
+            let filters = match build_filters(filter_registry, l, &path, route_cfg) {
+                Ok(f) => f,
+                Err(e) => {
+                    errors.extend(e);
+                    continue;
+                }
+            };
             let name: Arc<str> = Arc::from(l.name.as_str());
+            let limits = crate::http::server::Limits {
+                headers_timeout: l
+                    .request_headers_timeout
+                    .map_or(DEFAULT_HEADERS_TIMEOUT, |d| d.get()),
+                max_header_bytes: l.max_request_headers_kb.unwrap_or(DEFAULT_MAX_HEADERS_KB)
+                    as usize
+                    * 1024,
+                max_headers: l.max_request_headers_count.unwrap_or(DEFAULT_MAX_HEADERS) as usize,
+            };
+            let idle_timeout = match l.idle_timeout.map(|d| d.get()) {
+                Some(Duration::ZERO) => None,
+                Some(d) => Some(d),
+                None => Some(DEFAULT_IDLE_TIMEOUT),
+            };
             listeners.insert(
                 name.clone(),
                 Arc::new(ListenerRt {
@@ -140,6 +253,9 @@ impl Active {
                     routes,
                     cluster,
                     tls,
+                    http: crate::http::server::builder(&limits),
+                    idle_timeout,
+                    filters,
                 }),
             );
         }

@@ -36,6 +36,7 @@ pub struct App {
     shared: Arc<Shared>,
     listeners: ListenerSet,
     registry: Arc<PoolRegistry>,
+    filter_registry: ferry_filters::Registry,
     logger: Option<Arc<AccessLogger>>,
     admin: Arc<AdminState>,
     last_seen: Option<u64>,
@@ -54,8 +55,9 @@ impl App {
         let last_seen = file_hash(&opts.config);
         let boot = config::load_file(&opts.config)?;
         let registry = Arc::new(PoolRegistry::default());
+        let filter_registry = ferry_filters::Registry::builtin();
         let logger = open_logger(&boot, opts.access_log.as_deref(), None)?;
-        let active = Active::build(boot, &registry, logger.clone()).await?;
+        let active = Active::build(boot, &registry, &filter_registry, logger.clone()).await?;
 
         let admin_addr = match opts.admin {
             Some(a) => a,
@@ -82,7 +84,6 @@ impl App {
         let active = Arc::new(ArcSwap::from_pointee(active));
         let shared = Arc::new(Shared {
             active: active.clone(),
-            http: crate::http::server::builder(),
             conns: ConnTracker::default(),
         });
         let mut listeners = ListenerSet::new(shared.clone(), workers);
@@ -103,6 +104,7 @@ impl App {
             shared,
             listeners,
             registry,
+            filter_registry,
             logger,
             admin,
             last_seen,
@@ -167,7 +169,8 @@ impl App {
             tracing::warn!("admin address changes take effect on restart only");
         }
         let logger = open_logger(&boot, self.opts.access_log.as_deref(), self.logger.as_ref())?;
-        let next = Active::build(boot, &self.registry, logger.clone()).await?;
+        let next =
+            Active::build(boot, &self.registry, &self.filter_registry, logger.clone()).await?;
         let prepared = self.listeners.prepare(&next)?;
         self.active.store(Arc::new(next));
         self.listeners.commit(prepared);

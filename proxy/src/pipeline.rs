@@ -1,25 +1,33 @@
 //! One HTTP request, phase by phase, in request order:
 //!
 //! 1. load the active config (one `ArcSwap` load) and the listener's routes;
-//! 2. read the authority (400 when absent);
-//! 3. route (404 when nothing matches); local replies (direct response,
-//!    redirect) end here;
-//! 4. choose the cluster (weighted split) and the endpoint (balancer);
+//! 2. read the authority (400 when absent) and route (404 when nothing
+//!    matches);
+//! 3. settle the request id, then run the listener's HTTP filters on the
+//!    request head (a filter may delay, or answer);
+//! 4. local replies (direct response, redirect) end here; otherwise choose
+//!    the cluster (weighted split), take a request slot from its circuit
+//!    breaker and pick an endpoint;
 //! 5. rewrite the head for upstream: hop-by-hop headers, forwarding headers,
-//!    request id, route header ops, host/path rewrite, protocol translation;
-//! 6. send through the endpoint's pool under the route timeout;
-//! 7. rewrite the response head, count it, stream the body back (the
+//!    route header ops, host/path rewrite, protocol translation;
+//! 6. send, under the route timeout; a failed try is retried per the
+//!    route's retry policy (another endpoint, backoff, retry budget, the
+//!    body replayed from its kept copy);
+//! 7. rewrite the response head, run the filters' response hooks (on local
+//!    replies and errors too), count it, stream the body back (the
 //!    access-log record is finished when the body ends).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use ferry_filters::{Action as FilterAction, Flow, RequestCtx, RequestFilters};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{request, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
 use hyper::body::Incoming;
 
 use crate::access_log::Completion;
@@ -28,12 +36,17 @@ use crate::config::UpstreamProtocol;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::ProxyBody;
 use crate::http::headers::{is_upgrade, new_request_id, strip_hop_by_hop};
-use crate::router::{Action, RequestView, Route};
-use crate::upstream::{ActiveRequest, Cluster};
+use crate::http::replay::Replay;
+use crate::router::{Action, RequestView, Route, TryFailure};
+use crate::upstream::pool::Returner;
+use crate::upstream::{ActiveRequest, BreakerPermit, Cluster, Endpoint, TryOutcome};
 
 const X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: header::HeaderName = header::HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// A filter asking to wait again and again is a bug; stop honouring it.
+const MAX_FILTER_DELAYS: usize = 8;
 
 /// Per-connection facts every request on it shares.
 pub struct ConnCtx {
@@ -43,11 +56,16 @@ pub struct ConnCtx {
     pub active: Arc<arc_swap::ArcSwap<Active>>,
 }
 
-/// What the access log needs that only the pipeline knows.
+/// What the access log and the response phase need that only the forward
+/// phase knows.
+#[derive(Default)]
 struct Outcome {
     cluster: Option<Arc<str>>,
     upstream: Option<SocketAddr>,
     flags: &'static str,
+    request_id: Option<HeaderValue>,
+    /// A filter produced the response: its response hooks already ran.
+    answered_by_filter: bool,
 }
 
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
@@ -67,28 +85,23 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
         Some((_, _, bytes_in)) => req.map(|b| ProxyBody::Counted(b, bytes_in.clone())),
         None => req.map(ProxyBody::Incoming),
     };
-    let request_id_slot;
-    let (mut resp, outcome) = match route_and_forward(req, &conn, &active, &listener).await {
-        Ok((resp, outcome, rid)) => {
-            request_id_slot = rid;
-            (resp, outcome)
-        }
-        Err((e, rid)) => {
-            request_id_slot = rid;
-            if e.kind.side() == crate::error::Side::Upstream {
-                tracing::debug!(listener = %listener.name, error = %e, "upstream failure");
+
+    let mut filters: Option<RequestFilters> = None;
+    let mut outcome = Outcome::default();
+    let mut resp =
+        match route_and_forward(req, &conn, &active, &listener, &mut filters, &mut outcome).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.kind.side() == crate::error::Side::Upstream {
+                    tracing::debug!(listener = %listener.name, error = %e, "upstream failure");
+                }
+                outcome.flags = e.kind.flag();
+                e.into_response()
             }
-            let flags = e.kind.flag();
-            (
-                e.into_response(),
-                Outcome {
-                    cluster: None,
-                    upstream: None,
-                    flags,
-                },
-            )
-        }
-    };
+        };
+    if let (Some(f), false) = (filters.as_mut(), outcome.answered_by_filter) {
+        resp = response_filters(f, resp);
+    }
     let status = resp.status().as_u16();
     listener.stats.rq.inc(status);
     listener
@@ -110,13 +123,22 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
             bytes_received: Some(bytes_in),
             upstream_cluster: outcome.cluster,
             upstream_host: outcome.upstream,
-            request_id: request_id_slot,
+            request_id: outcome.request_id,
             downstream_remote: conn.peer,
             response_flags: outcome.flags,
         });
         resp = attach_completion(resp, completion);
     }
     resp
+}
+
+/// The filters' response-head hooks; a filter may replace the response.
+fn response_filters(f: &mut RequestFilters, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    match f.on_response_head(&mut parts) {
+        Flow::Continue => Response::from_parts(parts, body),
+        Flow::Respond(reply) => f.local_response(reply).map(ProxyBody::full),
+    }
 }
 
 struct LogHead {
@@ -171,114 +193,121 @@ fn authority_of<B>(req: &Request<B>) -> Option<&str> {
         .filter(|h| !h.is_empty())
 }
 
-type Forwarded = (Response<ProxyBody>, Outcome, Option<HeaderValue>);
-type Failed = (ProxyError, Option<HeaderValue>);
-
-async fn route_and_forward(
-    mut req: Request<ProxyBody>,
-    conn: &ConnCtx,
-    active: &Active,
-    listener: &ListenerRt,
-) -> Result<Forwarded, Failed> {
-    let Some(table) = listener.routes.as_ref() else {
-        return Err((ProxyError::new(ErrorKind::NoRoute), None));
-    };
-    let Some(authority) = authority_of(&req) else {
-        return Err((ProxyError::new(ErrorKind::BadRequest), None));
-    };
-    let view = RequestView {
+fn view<'a, B>(req: &'a Request<B>, authority: &'a str, conn: &ConnCtx) -> RequestView<'a> {
+    RequestView {
         authority,
         method: req.method(),
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
         peer_ip: conn.peer.ip(),
+    }
+}
+
+async fn route_and_forward(
+    mut req: Request<ProxyBody>,
+    conn: &ConnCtx,
+    active: &Active,
+    listener: &ListenerRt,
+    filters: &mut Option<RequestFilters>,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(table) = listener.routes.as_ref() else {
+        return Err(ProxyError::new(ErrorKind::NoRoute));
     };
-    let Some(route) = table.find(&view) else {
-        return Err((ProxyError::new(ErrorKind::NoRoute), None));
+    let route = {
+        let Some(authority) = authority_of(&req) else {
+            return Err(ProxyError::new(ErrorKind::BadRequest));
+        };
+        table.find(&view(&req, authority, conn))
+    };
+    let Some(route) = route else {
+        return Err(ProxyError::new(ErrorKind::NoRoute));
     };
 
+    // The request id is settled before the filters, which may log or
+    // forward it.
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => {
+            let id = new_request_id();
+            req.headers_mut().insert(X_REQUEST_ID, id.clone());
+            id
+        }
+    };
+    outcome.request_id = Some(request_id.clone());
+
+    if let Some(lf) = &listener.filters {
+        let ctx = RequestCtx::new(conn.peer, req.version(), SystemTime::now());
+        let mut f = lf.chain.start(ctx, lf.for_route(route.id));
+        f.ctx_mut().request_id = Some(request_id);
+        let (mut head, body) = req.into_parts();
+        let answer = run_request_filters(&mut f, &mut head).await;
+        req = Request::from_parts(head, body);
+        let f = filters.insert(f);
+        if let Some(reply) = answer {
+            outcome.answered_by_filter = true;
+            return Ok(f.local_response(reply).map(ProxyBody::full));
+        }
+    }
+
+    // The head may have changed in the filters: look at it afresh.
+    let Some(authority) = authority_of(&req) else {
+        return Err(ProxyError::new(ErrorKind::BadRequest));
+    };
+    let v = view(&req, authority, conn);
     let cluster: &Arc<Cluster> = match &route.action {
         Action::Direct(d) => {
             let mut resp = Response::new(ProxyBody::full(d.body.clone()));
             *resp.status_mut() = d.status;
             route.response_headers.apply(resp.headers_mut());
-            return Ok((resp, local_outcome(), None));
+            return Ok(resp);
         }
         Action::Redirect(r) => {
             let scheme = if conn.tls { "https" } else { "http" };
-            let (status, location) = r.respond(&view, scheme);
+            let (status, location) = r.respond(&v, scheme);
             let mut resp = Response::new(ProxyBody::Empty);
             *resp.status_mut() = status;
             resp.headers_mut().insert(header::LOCATION, location);
             route.response_headers.apply(resp.headers_mut());
-            return Ok((resp, local_outcome(), None));
+            return Ok(resp);
         }
-        Action::Cluster(i) => match active.clusters.get(*i) {
-            Some(c) => c,
-            None => return Err((ProxyError::new(ErrorKind::NoHealthyUpstream), None)),
-        },
-        Action::Weighted(w) => match active.clusters.get(w.pick(fastrand::u64(..))) {
-            Some(c) => c,
-            None => return Err((ProxyError::new(ErrorKind::NoHealthyUpstream), None)),
-        },
-    };
+        Action::Cluster(i) => active.clusters.get(*i),
+        Action::Weighted(w) => active.clusters.get(w.pick(fastrand::u64(..))),
+    }
+    .ok_or_else(|| ProxyError::new(ErrorKind::NoHealthyUpstream))?;
+    outcome.cluster = Some(cluster.name.clone());
 
     let hash = if cluster.uses_hash {
-        route.hash(&view)
+        route.hash(&v)
     } else {
         None
     };
-    let new_path = route.rewrite_path(&view);
+    let new_path = route.rewrite_path(&v);
     let authority = match &route.host_rewrite {
         Some(h) => h.clone(),
-        None => match HeaderValue::from_str(authority) {
-            Ok(v) => v,
-            Err(_) => return Err((ProxyError::new(ErrorKind::BadRequest), None)),
-        },
+        None => HeaderValue::from_str(authority)
+            .map_err(|e| ProxyError::with_cause(ErrorKind::BadRequest, e))?,
     };
 
+    let Some(_request_slot) = cluster.breakers().try_request() else {
+        return Err(ProxyError::new(ErrorKind::Overloaded));
+    };
     let Some(endpoint) = cluster.pick(hash) else {
-        return Err((ProxyError::new(ErrorKind::NoHealthyUpstream), None));
+        return Err(ProxyError::new(ErrorKind::NoHealthyUpstream));
     };
 
     let upgrade = req.version() == Version::HTTP_11
         && cluster.protocol == UpstreamProtocol::Http1
         && is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let request_id =
-        prepare_upstream_head(&mut req, conn, route, cluster, authority, new_path, upgrade)
-            .map_err(|e| (e, None))?;
+    prepare_upstream_head(&mut req, conn, route, cluster, authority, new_path, upgrade)?;
 
-    let inflight = ActiveRequest::new(endpoint.clone());
-    let sent_at = Instant::now();
-    let send = endpoint.pool.send(req, upgrade);
-    let result = match route.timeout {
-        Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                cluster.stats.rq_timeout.inc();
-                Err(ProxyError::new(ErrorKind::UpstreamTimeout))
-            }
-        },
-        None => send.await,
-    };
-    drop(inflight);
-    let (mut resp, returner) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            cluster.stats.rq.inc(e.kind.status().as_u16());
-            endpoint
-                .rq_error
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err((e, Some(request_id)));
-        }
-    };
-    cluster.stats.rq.inc(resp.status().as_u16());
-    cluster
-        .stats
-        .rq_time
-        .observe(sent_at.elapsed().as_secs_f64());
+    let (mut resp, returner, endpoint) =
+        send_with_retries(req, route, cluster, endpoint, hash, upgrade, outcome).await?;
+    if let Some(f) = filters.as_mut() {
+        f.ctx_mut().upstream_host = Some(endpoint.addr);
+    }
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(down)) = (switching, downstream_upgrade) {
@@ -287,26 +316,241 @@ async fn route_and_forward(
     }
     strip_hop_by_hop(resp.headers_mut(), switching, false);
     route.response_headers.apply(resp.headers_mut());
-
-    let outcome = Outcome {
-        cluster: Some(cluster.name.clone()),
-        upstream: Some(endpoint.addr),
-        flags: "",
-    };
-    let resp = resp.map(|body| ProxyBody::upstream(body, returner, None));
-    Ok((resp, outcome, Some(request_id)))
+    Ok(resp.map(|body| ProxyBody::upstream(body, returner, None)))
 }
 
-fn local_outcome() -> Outcome {
-    Outcome {
-        cluster: None,
-        upstream: None,
-        flags: "",
+/// Runs the request-head hooks, honouring delays. Some(reply): a filter
+/// answered.
+async fn run_request_filters(
+    f: &mut RequestFilters,
+    head: &mut request::Parts,
+) -> Option<ferry_filters::LocalReply> {
+    let mut delays = 0;
+    loop {
+        match f.on_request_head(head) {
+            FilterAction::Continue => return None,
+            FilterAction::Respond(reply) => return Some(reply),
+            FilterAction::Delay(d) if delays < MAX_FILTER_DELAYS => {
+                delays += 1;
+                tokio::time::sleep(d).await;
+            }
+            FilterAction::Delay(_) => return None,
+        }
     }
 }
 
-/// Turns the downstream head into the upstream one, in place. Returns the
-/// request id sent upstream.
+/// The request body as tries see it.
+enum Payload {
+    /// No retry policy (or an upgrade): the body goes out once.
+    Once(Option<ProxyBody>),
+    /// No body at all: every try sends none.
+    Empty,
+    /// Kept for replay up to the route's buffer limit.
+    Replay(Replay<ProxyBody>),
+}
+
+impl Payload {
+    fn next(&mut self) -> Option<ProxyBody> {
+        match self {
+            Payload::Once(b) => b.take(),
+            Payload::Empty => Some(ProxyBody::Empty),
+            Payload::Replay(r) => Some(ProxyBody::Replay(r.body())),
+        }
+    }
+
+    fn can_replay(&self) -> bool {
+        match self {
+            Payload::Once(_) => false,
+            Payload::Empty => true,
+            Payload::Replay(r) => r.can_replay(),
+        }
+    }
+}
+
+type Sent = (Response<Incoming>, Option<Returner>, Arc<Endpoint>);
+
+/// Sends the request, retrying per the route's policy. The route timeout
+/// covers all tries and the waits between them.
+async fn send_with_retries(
+    req: Request<ProxyBody>,
+    route: &Route,
+    cluster: &Cluster,
+    first: Arc<Endpoint>,
+    hash: Option<u64>,
+    upgrade: bool,
+    outcome: &mut Outcome,
+) -> Result<Sent, ProxyError> {
+    let (head, body) = req.into_parts();
+    let policy = route.retry.as_ref().filter(|_| !upgrade);
+    let mut payload = match policy {
+        None => Payload::Once(Some(body)),
+        Some(_) if body.is_end_stream() => Payload::Empty,
+        Some(_) => Payload::Replay(Replay::new(body, route.buffer_limit)),
+    };
+    // Without retries the head is moved into the one try, not cloned.
+    let mut head = Some(head);
+    let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut endpoint = first;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut retries = 0u32;
+    let mut _retry_slot: Option<BreakerPermit> = None;
+    loop {
+        outcome.upstream = Some(endpoint.addr);
+        let Some(body) = payload.next() else {
+            return Err(ProxyError::new(ErrorKind::UpstreamReset));
+        };
+        let try_req = match (&policy, head.as_ref()) {
+            (Some(_), Some(h)) => rebuild(h, body),
+            _ => match head.take() {
+                Some(h) => Request::from_parts(h, body),
+                None => return Err(ProxyError::new(ErrorKind::UpstreamReset)),
+            },
+        };
+
+        let now = tokio::time::Instant::now();
+        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        if remaining == Some(Duration::ZERO) {
+            cluster.stats.rq_timeout.inc();
+            return Err(ProxyError::new(ErrorKind::UpstreamTimeout));
+        }
+        let per_try = policy.and_then(|p| p.per_try_timeout);
+        let (limit, per_try_fires) = match (per_try, remaining) {
+            (Some(p), Some(r)) if p < r => (Some(p), true),
+            (Some(p), None) => (Some(p), true),
+            (_, r) => (r, false),
+        };
+
+        let result = {
+            let _inflight = ActiveRequest::new(endpoint.clone());
+            let sent_at = Instant::now();
+            let send = endpoint.pool.send(try_req, upgrade);
+            let r = match limit {
+                Some(l) => match tokio::time::timeout(l, send).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout)),
+                },
+                None => send.await,
+            };
+            if r.is_ok() {
+                cluster
+                    .stats
+                    .rq_time
+                    .observe(sent_at.elapsed().as_secs_f64());
+            }
+            r
+        };
+
+        let failure = match &result {
+            Ok((resp, _)) => {
+                let status = resp.status().as_u16();
+                cluster.stats.rq.inc(status);
+                endpoint.record(TryOutcome::Status(status));
+                TryFailure::Status(status)
+            }
+            Err(e) => {
+                cluster.stats.rq.inc(e.kind.status().as_u16());
+                endpoint
+                    .rq_error
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (failure, seen) = classify(e, per_try_fires);
+                if let Some(o) = seen {
+                    endpoint.record(o);
+                }
+                if e.kind == ErrorKind::UpstreamTimeout {
+                    cluster.stats.rq_timeout.inc();
+                }
+                match failure {
+                    Some(f) => f,
+                    None => return result.map(|(r, ret)| (r, ret, endpoint)),
+                }
+            }
+        };
+
+        let retry = policy
+            .filter(|p| p.should_retry(failure) && retries < p.num_retries && payload.can_replay());
+        let Some(policy) = retry else {
+            return result.map(|(r, ret)| (r, ret, endpoint));
+        };
+        // The retry budget / max_retries breaker: no slot, no retry (Envoy
+        // answers with what the last try got).
+        let Some(slot) = cluster.breakers().try_retry() else {
+            return result.map(|(r, ret)| (r, ret, endpoint));
+        };
+        _retry_slot = Some(slot);
+        retries += 1;
+        cluster.stats.rq_retry.inc();
+        // A response being retried is dropped unread; its connection closes.
+        drop(result);
+
+        let wait = policy.backoff(retries, fastrand::f64());
+        let wait = match deadline {
+            Some(d) => wait.min(d.saturating_duration_since(tokio::time::Instant::now())),
+            None => wait,
+        };
+        tokio::time::sleep(wait).await;
+
+        tried.push(endpoint.addr);
+        endpoint = match cluster.pick_excluding(hash, &tried) {
+            Some(e) => e,
+            None => return Err(ProxyError::new(ErrorKind::NoHealthyUpstream)),
+        };
+    }
+}
+
+/// Maps a failed try to what the retry policy and outlier detection see.
+/// `per_try_fired`: the timeout in force was the per-try one, so a timeout
+/// may be retried; when the route timeout fires, the request is over.
+fn classify(e: &ProxyError, per_try_fired: bool) -> (Option<TryFailure>, Option<TryOutcome>) {
+    match e.kind {
+        ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => (
+            Some(TryFailure::ConnectFailure),
+            Some(TryOutcome::ConnectFailure),
+        ),
+        ErrorKind::UpstreamReset if refused_stream(e) => {
+            (Some(TryFailure::RefusedStream), Some(TryOutcome::Reset))
+        }
+        ErrorKind::UpstreamReset => (Some(TryFailure::Reset), Some(TryOutcome::Reset)),
+        ErrorKind::UpstreamTimeout if per_try_fired => {
+            (Some(TryFailure::PerTryTimeout), Some(TryOutcome::Timeout))
+        }
+        ErrorKind::UpstreamTimeout => (None, Some(TryOutcome::Timeout)),
+        // Breaker overflow and local conditions say nothing of the endpoint.
+        _ => (None, None),
+    }
+}
+
+/// Whether an HTTP/2 upstream refused the stream (REFUSED_STREAM): the
+/// request was not processed.
+fn refused_stream(e: &ProxyError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e
+        .cause
+        .as_deref()
+        .map(|c| c as &(dyn std::error::Error + 'static));
+    // Bounded: error chains are short, but never trust a cycle.
+    for _ in 0..8 {
+        let Some(c) = cause else {
+            return false;
+        };
+        if let Some(h2e) = c.downcast_ref::<h2::Error>() {
+            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// A fresh request with `head`'s method, URI, version and headers (no
+/// extensions: a retry carries nothing connection-specific).
+fn rebuild(head: &request::Parts, body: ProxyBody) -> Request<ProxyBody> {
+    let mut r = Request::new(body);
+    *r.method_mut() = head.method.clone();
+    *r.uri_mut() = head.uri.clone();
+    *r.version_mut() = head.version;
+    *r.headers_mut() = head.headers.clone();
+    r
+}
+
+/// Turns the downstream head into the upstream one, in place.
 fn prepare_upstream_head(
     req: &mut Request<ProxyBody>,
     conn: &ConnCtx,
@@ -315,7 +559,7 @@ fn prepare_upstream_head(
     authority: HeaderValue,
     new_path: Option<String>,
     upgrade: bool,
-) -> Result<HeaderValue, ProxyError> {
+) -> Result<(), ProxyError> {
     let h2 = cluster.protocol == UpstreamProtocol::Http2;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade, h2);
@@ -325,10 +569,13 @@ fn prepare_upstream_head(
 
     let ip = conn.peer.ip();
     let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) => HeaderValue::from_maybe_shared(Bytes::from(format!(
-            "{}, {ip}",
-            String::from_utf8_lossy(prev.as_bytes())
-        ))),
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 41);
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip.to_string().as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(v))
+        }
         None => HeaderValue::from_maybe_shared(Bytes::from(ip.to_string())),
     }
     .map_err(|e| ProxyError::with_cause(ErrorKind::BadRequest, e))?;
@@ -337,14 +584,6 @@ fn prepare_upstream_head(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    let request_id = match headers.get(&X_REQUEST_ID) {
-        Some(v) => v.clone(),
-        None => {
-            let id = new_request_id();
-            headers.insert(X_REQUEST_ID, id.clone());
-            id
-        }
-    };
     route.request_headers.apply(headers);
 
     let path_and_query = match new_path {
@@ -379,7 +618,7 @@ fn prepare_upstream_head(
         }
         *req.version_mut() = Version::HTTP_11;
     }
-    Ok(request_id)
+    Ok(())
 }
 
 /// Joins the two upgraded connections and copies bytes both ways.
@@ -395,5 +634,43 @@ async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) 
     let mut up = hyper_util::rt::TokioIo::new(up);
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(error = %e, "upgraded tunnel closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_maps_failures_for_retry_and_outlier_detection() {
+        let cases = [
+            (
+                ErrorKind::ConnectFailed,
+                false,
+                Some(TryFailure::ConnectFailure),
+            ),
+            (
+                ErrorKind::ConnectTimeout,
+                false,
+                Some(TryFailure::ConnectFailure),
+            ),
+            (ErrorKind::UpstreamReset, false, Some(TryFailure::Reset)),
+            (
+                ErrorKind::UpstreamTimeout,
+                true,
+                Some(TryFailure::PerTryTimeout),
+            ),
+            (ErrorKind::UpstreamTimeout, false, None),
+            (ErrorKind::Overloaded, false, None),
+        ];
+        for (kind, per_try, want) in cases {
+            let (got, _) = classify(&ProxyError::new(kind), per_try);
+            assert_eq!(got, want, "{kind:?} per_try={per_try}");
+        }
+        let (_, seen) = classify(&ProxyError::new(ErrorKind::Overloaded), false);
+        assert!(
+            seen.is_none(),
+            "a local overflow must not count against the endpoint"
+        );
     }
 }

@@ -21,10 +21,16 @@ pub struct Stats {
     upstream_rq_total: IntCounterVec,
     upstream_rq_time: HistogramVec,
     upstream_rq_timeout: IntCounterVec,
+    upstream_rq_retry: IntCounterVec,
     upstream_cx_total: IntCounterVec,
     upstream_cx_connect_fail: IntCounterVec,
     upstream_cx_idle: IntGaugeVec,
     upstream_cx_active: IntGaugeVec,
+    upstream_rq_overflow: IntCounterVec,
+    upstream_ejections: IntCounterVec,
+    upstream_health_check: IntCounterVec,
+    upstream_endpoints_healthy: IntGaugeVec,
+    upstream_endpoints_ejected: IntGaugeVec,
     pub config_reload_ok: IntCounter,
     pub config_reload_failed: IntCounter,
 }
@@ -117,6 +123,12 @@ impl Stats {
                 "Time from sending upstream to the upstream response head",
                 &["cluster"],
             ),
+            upstream_rq_retry: counter(
+                &r,
+                "ferry_upstream_rq_retry_total",
+                "Upstream retries sent (each try after the first)",
+                &["cluster"],
+            ),
             upstream_rq_timeout: counter(
                 &r,
                 "ferry_upstream_rq_timeout_total",
@@ -145,6 +157,36 @@ impl Stats {
                 &r,
                 "ferry_upstream_cx_active",
                 "Open upstream connections",
+                &["cluster"],
+            ),
+            upstream_rq_overflow: counter(
+                &r,
+                "ferry_upstream_rq_overflow_total",
+                "Upstream requests refused by a circuit breaker, by breaker",
+                &["cluster", "breaker"],
+            ),
+            upstream_ejections: counter(
+                &r,
+                "ferry_upstream_ejections_total",
+                "Endpoints ejected by outlier detection",
+                &["cluster"],
+            ),
+            upstream_health_check: counter(
+                &r,
+                "ferry_upstream_health_check_total",
+                "Active health checks by result",
+                &["cluster", "result"],
+            ),
+            upstream_endpoints_healthy: gauge(
+                &r,
+                "ferry_upstream_endpoints_healthy",
+                "Endpoints that are routable: passing active health checks and not ejected",
+                &["cluster"],
+            ),
+            upstream_endpoints_ejected: gauge(
+                &r,
+                "ferry_upstream_endpoints_ejected",
+                "Endpoints ejected by outlier detection",
                 &["cluster"],
             ),
             config_reload_ok: reload.with_label_values(&["ok"]),
@@ -206,10 +248,19 @@ pub struct ClusterStats {
     pub rq: ByClass,
     pub rq_time: Histogram,
     pub rq_timeout: IntCounter,
+    pub rq_retry: IntCounter,
     pub cx_total: IntCounter,
     pub cx_connect_fail: IntCounter,
     pub cx_idle: IntGauge,
     pub cx_active: IntGauge,
+    /// Indexed by `upstream::breaker::Breaker`: requests, pending,
+    /// connections, retries.
+    pub rq_overflow: [IntCounter; 4],
+    pub ejections: IntCounter,
+    pub hc_success: IntCounter,
+    pub hc_failure: IntCounter,
+    pub endpoints_healthy: IntGauge,
+    pub endpoints_ejected: IntGauge,
 }
 
 impl ClusterStats {
@@ -219,10 +270,22 @@ impl ClusterStats {
             rq: ByClass::new(&s.upstream_rq_total, cluster),
             rq_time: s.upstream_rq_time.with_label_values(&[cluster]),
             rq_timeout: s.upstream_rq_timeout.with_label_values(&[cluster]),
+            rq_retry: s.upstream_rq_retry.with_label_values(&[cluster]),
             cx_total: s.upstream_cx_total.with_label_values(&[cluster]),
             cx_connect_fail: s.upstream_cx_connect_fail.with_label_values(&[cluster]),
             cx_idle: s.upstream_cx_idle.with_label_values(&[cluster]),
             cx_active: s.upstream_cx_active.with_label_values(&[cluster]),
+            rq_overflow: ["requests", "pending", "connections", "retries"]
+                .map(|b| s.upstream_rq_overflow.with_label_values(&[cluster, b])),
+            ejections: s.upstream_ejections.with_label_values(&[cluster]),
+            hc_success: s
+                .upstream_health_check
+                .with_label_values(&[cluster, "success"]),
+            hc_failure: s
+                .upstream_health_check
+                .with_label_values(&[cluster, "failure"]),
+            endpoints_healthy: s.upstream_endpoints_healthy.with_label_values(&[cluster]),
+            endpoints_ejected: s.upstream_endpoints_ejected.with_label_values(&[cluster]),
         }
     }
 }

@@ -1,25 +1,36 @@
 //! An Aggregated Discovery Service (xDS v3) client.
 //!
-//! Owns: the ADS stream, per-type version/nonce, ACK/NACK, subscription
-//! order, reconnect backoff, and the last accepted resources. Must not know:
-//! the proxy's config model. It hands typed resources to a
-//! [`ResourceHandler`] and turns the rejections it returns into a NACK.
+//! Owns: the ADS stream (state of the world or delta), per-type version,
+//! nonce and subscribed names, ACK/NACK with an `error_detail` naming each
+//! rejected resource, the subscription order (CDS → EDS → LDS → RDS, with
+//! EDS and RDS names supplied by the handler as it learns them), reconnect
+//! with jittered capped backoff, the last accepted resources (kept across
+//! reconnects, optionally persisted to a cache directory).
 //!
-//! The stream itself lands with the xDS issue; the handler contract and the
-//! reconnect backoff are here now because the proxy is written against them.
+//! Must not know: the proxy's config model, or what a resource means. It
+//! hands decoded resources to a [`Handler`] and turns the rejections it
+//! returns into a NACK; a rejected resource is never recorded as accepted.
+//!
+//! ```no_run
+//! # use ferry_xds_client::*;
+//! # async fn demo<H: Handler>(handler: H) -> Result<(), Error> {
+//! let client = AdsClient::new(AdsConfig::new("http://127.0.0.1:18000", "node-1", "mesh"))?
+//!     .envoy_types();
+//! client.run(handler).await;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backoff;
+mod client;
+mod error;
+mod handler;
+mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-/// One resource the handler refused, and why. Becomes the NACK's
-/// `error_detail`; a rejected resource is never recorded as accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    pub name: String,
-    pub reason: String,
-}
-
-/// Receives every update of one resource type. Returning rejections NACKs
-/// the whole update; the previous resources stay in force.
-pub trait ResourceHandler<T>: Send + Sync {
-    fn apply(&self, resources: &[(String, T)], removed: &[String]) -> Result<(), Vec<Rejected>>;
-}
+pub use client::{node, AdsClient, AdsConfig, Mode};
+/// The protos this crate speaks, re-exported so users name the same types.
+pub use envoy_types;
+pub use error::Error;
+pub use handler::{type_url, Decoded, Handler, Outcome, Rejected, Source, Update, XdsResource};

@@ -149,3 +149,41 @@ impl fmt::Display for Mode {
         f.write_str(self.as_str())
     }
 }
+
+/// Snapshots for the unit tests of every xds module.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::sync::Arc;
+
+    use super::{snapshot_file::SnapshotFile, translate, Resources};
+
+    /// A listener `web` routing `/` to clusters `a` and `b` split
+    /// `weight_a`/`weight_b`, each cluster with one endpoint on `port_a` /
+    /// 9002.
+    pub fn yaml(weight_a: u32, weight_b: u32, port_a: u16) -> String {
+        format!(
+            r#"
+listeners:
+  - {{name: web, address: 127.0.0.1, port: 10000, route_config: web_routes}}
+routes:
+  - name: web_routes
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - prefix: ""
+            weighted_clusters: [{{name: a, weight: {weight_a}}}, {{name: b, weight: {weight_b}}}]
+            timeout: 5s
+clusters:
+  - {{name: a, endpoints: [{{address: 127.0.0.1, port: {port_a}}}]}}
+  - {{name: b, lb_policy: least_request, connect_timeout: 250ms, endpoints: [{{address: 127.0.0.1, port: 9002, weight: 3}}]}}
+"#
+        )
+    }
+
+    pub fn resources(weight_a: u32, weight_b: u32, port_a: u16) -> Arc<Resources> {
+        let file = SnapshotFile::from_yaml(&yaml(weight_a, weight_b, port_a))
+            .unwrap_or_else(|e| panic!("fixture is valid: {e}"));
+        Arc::new(translate::translate(&file))
+    }
+}

@@ -118,6 +118,11 @@ struct ClusterView<'a> {
     name: &'a str,
     lb_policy: crate::config::LbPolicy,
     protocol: crate::config::UpstreamProtocol,
+    /// Routable endpoints (passing active health checks, not ejected).
+    healthy_endpoints: usize,
+    /// Fewer routable than `healthy_panic_threshold` %: balancing over all.
+    panic_mode: bool,
+    circuit_breakers: crate::upstream::BreakerView,
     endpoints: Vec<EndpointView>,
 }
 
@@ -126,37 +131,67 @@ struct EndpointView {
     address: String,
     hostname: Option<String>,
     weight: u32,
-    health: &'static str,
+    /// Envoy's health flags: `healthy`, or `/failed_active_hc`,
+    /// `/failed_outlier_check`, both.
+    health: String,
+    /// Unix time in milliseconds when an ejection ends; absent when in.
+    ejected_until_unix_ms: Option<u64>,
+    times_ejected: u32,
+    consecutive_5xx: u32,
+    consecutive_gateway_failure: u32,
+    /// Per health check: its own view of the endpoint.
+    health_checks: Vec<crate::upstream::health::CheckerState>,
     rq_active: u32,
     rq_total: u64,
     rq_error: u64,
     cx_idle: usize,
 }
 
+/// An `Instant` in the future as wall-clock Unix milliseconds.
+fn unix_ms(at: std::time::Instant) -> u64 {
+    let wall =
+        std::time::SystemTime::now() + at.saturating_duration_since(std::time::Instant::now());
+    wall.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn clusters(active: &Active, json: bool) -> Response<Full<Bytes>> {
     let views: Vec<ClusterView<'_>> = active
         .clusters
         .iter()
-        .map(|c| ClusterView {
-            name: &c.name,
-            lb_policy: c.config.lb_policy,
-            protocol: c.protocol,
-            endpoints: c
-                .hosts
-                .load()
-                .endpoints
-                .iter()
-                .map(|e| EndpointView {
-                    address: e.addr.to_string(),
-                    hostname: e.hostname.clone(),
-                    weight: e.weight,
-                    health: "healthy",
-                    rq_active: e.active.load(Ordering::Relaxed),
-                    rq_total: e.rq_total.load(Ordering::Relaxed),
-                    rq_error: e.rq_error.load(Ordering::Relaxed),
-                    cx_idle: e.pool.idle_count(),
-                })
-                .collect(),
+        .map(|c| {
+            let hosts = c.hosts.load();
+            ClusterView {
+                name: &c.name,
+                lb_policy: c.config.lb_policy,
+                protocol: c.protocol,
+                healthy_endpoints: hosts.routable,
+                panic_mode: hosts.panic,
+                circuit_breakers: c.breakers().snapshot(),
+                endpoints: hosts
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let ejection = e.health.outlier.ejection();
+                        let (c5xx, cgw) = e.health.outlier.counters();
+                        EndpointView {
+                            address: e.addr.to_string(),
+                            hostname: e.hostname.clone(),
+                            weight: e.weight,
+                            health: e.health_flags(),
+                            ejected_until_unix_ms: ejection.until.map(unix_ms),
+                            times_ejected: ejection.times_ejected,
+                            consecutive_5xx: c5xx,
+                            consecutive_gateway_failure: cgw,
+                            health_checks: e.health.checkers(),
+                            rq_active: e.active.load(Ordering::Relaxed),
+                            rq_total: e.rq_total.load(Ordering::Relaxed),
+                            rq_error: e.rq_error.load(Ordering::Relaxed),
+                            cx_idle: e.pool.idle_count(),
+                        }
+                    })
+                    .collect(),
+            }
         })
         .collect();
     if json {
@@ -169,13 +204,75 @@ fn clusters(active: &Active, json: bool) -> Response<Full<Bytes>> {
             ),
         };
     }
-    // Envoy's text layout: cluster::endpoint::field::value.
+    // Envoy's text layout: cluster::field::value for the cluster,
+    // cluster::endpoint::field::value for each endpoint.
     let mut out = String::new();
     for c in &views {
+        let b = &c.circuit_breakers;
+        let l = &b.limits;
+        let n = c.name;
+        let _ = writeln!(
+            out,
+            "{n}::default_priority::max_connections::{}",
+            l.max_connections
+        );
+        let _ = writeln!(
+            out,
+            "{n}::default_priority::max_pending_requests::{}",
+            l.max_pending_requests
+        );
+        let _ = writeln!(
+            out,
+            "{n}::default_priority::max_requests::{}",
+            l.max_requests
+        );
+        let _ = writeln!(out, "{n}::default_priority::max_retries::{}", l.max_retries);
+        if let Some(budget) = &l.retry_budget {
+            let _ = writeln!(
+                out,
+                "{n}::default_priority::retry_budget::budget_percent::{}",
+                budget.budget_percent
+            );
+            let _ = writeln!(
+                out,
+                "{n}::default_priority::retry_budget::min_retry_concurrency::{}",
+                budget.min_retry_concurrency
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{n}::circuit_breakers::rq_retry_limit::{}",
+            b.retry_limit_now
+        );
+        let _ = writeln!(out, "{n}::circuit_breakers::cx_open::{}", b.connections);
+        let _ = writeln!(out, "{n}::circuit_breakers::rq_pending_open::{}", b.pending);
+        let _ = writeln!(out, "{n}::circuit_breakers::rq_open::{}", b.requests);
+        let _ = writeln!(out, "{n}::circuit_breakers::rq_retry_open::{}", b.retries);
+        let _ = writeln!(out, "{n}::healthy_endpoints::{}", c.healthy_endpoints);
+        let _ = writeln!(out, "{n}::panic_mode::{}", c.panic_mode);
         for e in &c.endpoints {
-            let p = format!("{}::{}", c.name, e.address);
+            let p = format!("{n}::{}", e.address);
             let _ = writeln!(out, "{p}::weight::{}", e.weight);
             let _ = writeln!(out, "{p}::health_flags::{}", e.health);
+            if let Some(until) = e.ejected_until_unix_ms {
+                let _ = writeln!(out, "{p}::ejected_until_unix_ms::{until}");
+            }
+            let _ = writeln!(out, "{p}::times_ejected::{}", e.times_ejected);
+            let _ = writeln!(out, "{p}::consecutive_5xx::{}", e.consecutive_5xx);
+            let _ = writeln!(
+                out,
+                "{p}::consecutive_gateway_failure::{}",
+                e.consecutive_gateway_failure
+            );
+            for (i, hc) in e.health_checks.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{p}::health_check[{i}]::{}::passes::{}::failures::{}",
+                    if hc.healthy { "healthy" } else { "unhealthy" },
+                    hc.consecutive_passes,
+                    hc.consecutive_failures
+                );
+            }
             let _ = writeln!(out, "{p}::rq_active::{}", e.rq_active);
             let _ = writeln!(out, "{p}::rq_total::{}", e.rq_total);
             let _ = writeln!(out, "{p}::rq_error::{}", e.rq_error);

@@ -6,6 +6,9 @@
 //! (`domains`, `prefix_rewrite`, `weighted_clusters`, `lb_policy`, ...), with
 //! Envoy's deep nesting flattened where it carries no meaning for Ferry.
 
+use std::collections::BTreeMap;
+
+use ferry_filters::{FilterSpec, PerFilterConfig};
 use serde::{Deserialize, Serialize};
 
 use super::duration::Dur;
@@ -85,6 +88,9 @@ pub struct Listener {
     /// Requests with more headers than this get 431; default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_headers_count: Option<u32>,
+    /// HTTP filters, in order (see filters/README.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_filters: Vec<FilterSpec>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +136,9 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Per-filter overrides for every route of this host, by filter name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_filter_config: BTreeMap<String, PerFilterConfig>,
     /// Header rewrites for every route of this host, applied before the
     /// route's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -170,6 +179,9 @@ pub struct Route {
     pub redirect: Option<Redirect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+    /// Per-filter overrides for this route, by filter name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_filter_config: BTreeMap<String, PerFilterConfig>,
     /// Request bodies up to this size are kept so a retry can resend them;
     /// a larger body is streamed and not retried. Default 65536.
     #[serde(default, skip_serializing_if = "Option::is_none")]

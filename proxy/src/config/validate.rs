@@ -60,6 +60,39 @@ pub fn validate(boot: &Bootstrap) -> Result<(), ConfigErrors> {
     };
     v.bootstrap(boot);
     if v.errors.is_empty() {
+        // The router compiles what the checks above cannot see (retry
+        // policies, rewrite forms); running it here means `--validate`
+        // accepts exactly what a load accepts.
+        let index: std::collections::HashMap<&str, usize> = boot
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect();
+        let lookup = |name: &str| index.get(name).copied();
+        for (i, rc) in boot.routes.iter().enumerate() {
+            if let Err(e) = crate::router::RouteTable::build(rc, &format!("routes[{i}]"), &lookup) {
+                v.errors.extend(e.0);
+            }
+        }
+        // Filter configs are the filters' to parse; building the chains is
+        // the only complete check.
+        let filters = ferry_filters::Registry::builtin();
+        for (i, l) in boot.listeners.iter().enumerate() {
+            let routes = l.route_config.as_deref().and_then(|name| {
+                boot.routes
+                    .iter()
+                    .enumerate()
+                    .find(|(_, rc)| rc.name == name)
+            });
+            if let Err(e) =
+                crate::active::build_filters(&filters, l, &format!("listeners[{i}]"), routes)
+            {
+                v.errors.extend(e);
+            }
+        }
+    }
+    if v.errors.is_empty() {
         Ok(())
     } else {
         Err(ConfigErrors(v.errors))
@@ -743,6 +776,148 @@ impl<'a> Validator<'a> {
                     self.err(format!("{path}.tls.ca_file"), reason);
                 }
             }
+        }
+        self.cluster_resilience(path, c);
+    }
+
+    /// Circuit breakers, health checks, outlier detection, panic threshold.
+    fn cluster_resilience(&mut self, path: &str, c: &Cluster) {
+        if let Some(cb) = &c.circuit_breakers {
+            let p = format!("{path}.circuit_breakers");
+            for (field, value) in [
+                ("max_connections", cb.max_connections),
+                ("max_pending_requests", cb.max_pending_requests),
+                ("max_requests", cb.max_requests),
+                ("max_retries", cb.max_retries),
+            ] {
+                if value == 0 {
+                    self.err(format!("{p}.{field}"), "must be at least 1");
+                }
+            }
+            if let Some(b) = &cb.retry_budget {
+                self.percent(
+                    &format!("{p}.retry_budget.budget_percent"),
+                    b.budget_percent,
+                );
+            }
+        }
+
+        for (i, hc) in c.health_checks.iter().enumerate() {
+            let p = format!("{path}.health_checks[{i}]");
+            for (field, d) in [("timeout", hc.timeout), ("interval", hc.interval)] {
+                if d.is_some_and(|d| d.get().is_zero()) {
+                    self.err(format!("{p}.{field}"), "must be greater than 0");
+                }
+            }
+            for (field, n) in [
+                ("unhealthy_threshold", hc.unhealthy_threshold),
+                ("healthy_threshold", hc.healthy_threshold),
+            ] {
+                if n == Some(0) {
+                    self.err(format!("{p}.{field}"), "must be at least 1");
+                }
+            }
+            let kinds = set_fields(&[
+                ("http_health_check", hc.http_health_check.is_some()),
+                ("tcp_health_check", hc.tcp_health_check.is_some()),
+            ]);
+            if let Some(reason) = exactly_one(&kinds, "http_health_check, tcp_health_check") {
+                self.err(p.clone(), reason);
+            }
+            let Some(http) = &hc.http_health_check else {
+                continue;
+            };
+            let hp = format!("{p}.http_health_check");
+            if !http.path.starts_with('/') {
+                self.err(
+                    format!("{hp}.path"),
+                    format!("must start with '/': {:?}", http.path),
+                );
+            } else if let Err(reason) = check_path_chars(&http.path, true) {
+                self.err(format!("{hp}.path"), reason);
+            }
+            match &http.host {
+                Some(host) => {
+                    if let Err(reason) = check_authority(host) {
+                        self.err(format!("{hp}.host"), reason);
+                    }
+                }
+                // The default Host is the cluster name, which may not be one.
+                None => {
+                    if !c.name.is_empty() && check_authority(&c.name).is_err() {
+                        self.err(
+                            format!("{hp}.host"),
+                            format!(
+                                "required: the default, the cluster name {:?}, is not a valid host",
+                                c.name
+                            ),
+                        );
+                    }
+                }
+            }
+            for (j, r) in http.expected_statuses.iter().enumerate() {
+                if !(100 <= r.start && r.start < r.end && r.end <= 600) {
+                    self.err(
+                        format!("{hp}.expected_statuses[{j}]"),
+                        format!(
+                            "invalid range [{}, {}): need 100 <= start < end <= 600",
+                            r.start, r.end
+                        ),
+                    );
+                }
+            }
+        }
+
+        if let Some(od) = &c.outlier_detection {
+            let p = format!("{path}.outlier_detection");
+            for (field, n) in [
+                ("consecutive_5xx", od.consecutive_5xx),
+                (
+                    "consecutive_gateway_failure",
+                    od.consecutive_gateway_failure,
+                ),
+            ] {
+                if n == 0 {
+                    self.err(format!("{p}.{field}"), "must be at least 1");
+                }
+            }
+            for (field, pct) in [
+                ("enforcing_consecutive_5xx", od.enforcing_consecutive_5xx),
+                (
+                    "enforcing_consecutive_gateway_failure",
+                    od.enforcing_consecutive_gateway_failure,
+                ),
+                ("max_ejection_percent", od.max_ejection_percent),
+            ] {
+                if pct > 100 {
+                    self.err(
+                        format!("{p}.{field}"),
+                        format!("must be a percentage (0 to 100), not {pct}"),
+                    );
+                }
+            }
+            for (field, d) in [
+                ("interval", od.interval),
+                ("base_ejection_time", od.base_ejection_time),
+                ("max_ejection_time", od.max_ejection_time),
+            ] {
+                if d.is_some_and(|d| d.get().is_zero()) {
+                    self.err(format!("{p}.{field}"), "must be greater than 0");
+                }
+            }
+        }
+
+        if let Some(t) = c.healthy_panic_threshold {
+            self.percent(&format!("{path}.healthy_panic_threshold"), t);
+        }
+    }
+
+    fn percent(&mut self, path: &str, value: f64) {
+        if !(0.0..=100.0).contains(&value) {
+            self.err(
+                path,
+                format!("must be a percentage (0 to 100), not {value}"),
+            );
         }
     }
 }

@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::Completion;
+use crate::http::replay::ReplayBody;
 use crate::upstream::pool::Returner;
 
 pub enum ProxyBody {
@@ -23,6 +24,8 @@ pub enum ProxyBody {
     /// An upstream response body: hands its HTTP/1.1 connection back to the
     /// pool once fully read, and finishes the access-log record when done.
     Upstream(UpstreamBody),
+    /// One try's view of a request body kept for retries.
+    Replay(ReplayBody<ProxyBody>),
 }
 
 pub struct UpstreamBody {
@@ -121,6 +124,7 @@ impl Body for ProxyBody {
                 }
                 poll
             }
+            ProxyBody::Replay(r) => Pin::new(r).poll_frame(cx),
         }
     }
 
@@ -130,6 +134,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Incoming(i) | ProxyBody::Counted(i, _) => i.is_end_stream(),
             ProxyBody::Upstream(u) => u.inner.is_end_stream(),
+            ProxyBody::Replay(r) => r.is_end_stream(),
         }
     }
 
@@ -139,6 +144,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Incoming(i) | ProxyBody::Counted(i, _) => i.size_hint(),
             ProxyBody::Upstream(u) => u.inner.size_hint(),
+            ProxyBody::Replay(r) => r.size_hint(),
         }
     }
 }

@@ -2,4 +2,5 @@
 //! hygiene, and the downstream server.
 pub mod body;
 pub mod headers;
+pub mod replay;
 pub mod server;

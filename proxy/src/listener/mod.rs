@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
@@ -35,7 +33,6 @@ const BACKLOG: i32 = 4096;
 /// What every worker shares.
 pub struct Shared {
     pub active: Arc<ArcSwap<Active>>,
-    pub http: auto::Builder<TokioExecutor>,
     pub conns: ConnTracker,
 }
 
@@ -313,13 +310,11 @@ async fn serve_conn(
                 active: shared.active.clone(),
             });
             match &rt.tls {
-                None => crate::http::server::serve(stream, ctx, &shared.http, stop).await,
+                None => crate::http::server::serve(stream, ctx, &rt, stop).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls)) => {
-                            crate::http::server::serve(tls, ctx, &shared.http, stop).await
-                        }
+                        Ok(Ok(tls)) => crate::http::server::serve(tls, ctx, &rt, stop).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }

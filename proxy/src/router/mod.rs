@@ -13,6 +13,7 @@
 mod hash;
 mod matcher;
 mod redirect;
+mod retry;
 mod rewrite;
 mod split;
 mod table;
@@ -29,10 +30,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use crate::config::{ConfigErrors, RouteConfig};
 
 pub use redirect::RedirectAction;
+pub use retry::{RetryPolicy, TryFailure};
 pub use split::WeightedClusters;
 
 /// Applied when a route sets no `timeout`, as Envoy's.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Request bodies kept for a retry when a route sets no
+/// `per_request_buffer_limit_bytes`.
+pub const DEFAULT_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// What the router needs to know about a request. Borrowed from the request
 /// head; building one never allocates.
@@ -80,7 +86,16 @@ impl RouteTable {
     }
 }
 
+/// Where a route sits in its config: `virtual_hosts[virtual_host].routes[route]`.
+/// Lets per-listener data (filter overrides) be kept beside a shared table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteId {
+    pub virtual_host: usize,
+    pub route: usize,
+}
+
 pub struct Route {
+    pub id: RouteId,
     pub action: Action,
     /// None: no timeout.
     pub timeout: Option<Duration>,
@@ -89,6 +104,9 @@ pub struct Route {
     pub response_headers: HeaderOps,
     /// Set `Host`/`:authority` upstream.
     pub host_rewrite: Option<HeaderValue>,
+    pub retry: Option<RetryPolicy>,
+    /// Request bodies up to this size are kept for retries.
+    pub buffer_limit: usize,
     name: Option<Box<str>>,
     virtual_host: Arc<str>,
     matcher: matcher::RouteMatcher,

@@ -82,7 +82,7 @@ pub(super) fn build(
     for (i, vh) in cfg.virtual_hosts.iter().enumerate() {
         let p = format!("{path}.virtual_hosts[{i}]");
         domains.add(vh, i, &p, &mut errs);
-        if let Some(vh) = build_virtual_host(vh, &p, cluster_index, &mut errs) {
+        if let Some(vh) = build_virtual_host(vh, i, &p, cluster_index, &mut errs) {
             vhosts.push(vh);
         }
     }
@@ -97,6 +97,7 @@ pub(super) fn build(
 
 fn build_virtual_host(
     vh: &VirtualHostConfig,
+    vh_index: usize,
     p: &str,
     cluster_index: &dyn Fn(&str) -> Option<usize>,
     errs: &mut Errors,
@@ -122,6 +123,10 @@ fn build_virtual_host(
         .map(|(j, r)| {
             let rp = format!("{p}.routes[{j}]");
             build_route(r, &rp, &name, cluster_index, errs).map(|mut route| {
+                route.id = super::RouteId {
+                    virtual_host: vh_index,
+                    route: j,
+                };
                 // Each route gets its own merged copy so that a request
                 // applies one list, not two.
                 if let Some(ops) = &request {
@@ -223,6 +228,11 @@ fn build_route(
         request_headers: request_headers?,
         response_headers: response_headers?,
         host_rewrite: forward.host_rewrite,
+        retry: forward.retry,
+        id: super::RouteId::default(),
+        buffer_limit: r
+            .per_request_buffer_limit_bytes
+            .map_or(super::DEFAULT_BUFFER_LIMIT, |b| b as usize),
         name: r.name.as_deref().map(Into::into),
         virtual_host: vhost.clone(),
         matcher: matcher?,
@@ -239,6 +249,7 @@ struct Forward {
     host_rewrite: Option<HeaderValue>,
     rewrite: Option<PathRewrite>,
     hash_policy: Vec<hash::HashPolicy>,
+    retry: Option<super::RetryPolicy>,
 }
 
 fn build_forward(
@@ -290,12 +301,17 @@ fn build_forward(
     });
     let hash_policy =
         hash::build(&ra.hash_policy, &format!("{p}.hash_policy"), errs).unwrap_or_default();
+    let retry = ra
+        .retry_policy
+        .as_ref()
+        .and_then(|rp| super::RetryPolicy::build(rp, &format!("{p}.retry_policy"), errs));
     Forward {
         action,
         timeout,
         host_rewrite,
         rewrite,
         hash_policy,
+        retry,
     }
 }
 

@@ -8,13 +8,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustls_pki_types::ServerName;
+use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
+use super::breaker::{BreakerState, Breakers, Limits};
+use super::health::{self, HcSettings, HostHealth};
 use super::lb::{Balancer, LbEndpoint};
+use super::outlier::{enforced, may_eject, OutlierConfig, TryOutcome};
 use super::pool::{Pool, PoolSettings};
 use super::tls::client_config;
 use crate::config::{self, ClusterKind, ConfigError, ConfigErrors, LbPolicy, UpstreamProtocol};
@@ -24,6 +28,9 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_IDLE: u32 = 256;
+const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
+/// Balancer picks tried before `pick_excluding` falls back to a scan.
+const EXCLUDE_ATTEMPTS: u64 = 3;
 
 pub struct Endpoint {
     pub addr: SocketAddr,
@@ -37,6 +44,56 @@ pub struct Endpoint {
     pub active: AtomicU32,
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
+    /// Active and passive health; shared with the same endpoint in the
+    /// cluster's other builds (reloads, DNS changes).
+    pub health: Arc<HostHealth>,
+    /// Copied here so that `record` needs no pointer chase on success.
+    outlier: Option<Arc<OutlierConfig>>,
+    /// Back to the owning cluster, for the (rare) ejection. Weak: the
+    /// cluster owns its endpoints.
+    cluster: Weak<Cluster>,
+}
+
+impl Endpoint {
+    /// Tells outlier detection how a try on this endpoint ended. Call once
+    /// per try. A success costs two relaxed loads; a failure that reaches a
+    /// threshold ejects (subject to the cluster's limits) and rebuilds the
+    /// cluster's balancer.
+    pub fn record(&self, outcome: TryOutcome) {
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
+        let triggers = self.health.outlier.record(outcome, cfg);
+        if !triggers.any() {
+            return;
+        }
+        match self.cluster.upgrade() {
+            Some(c) => c.on_outlier(self, triggers, Instant::now()),
+            None => self.health.outlier.reset(triggers),
+        }
+    }
+
+    /// Routable: passing active health checks and not ejected.
+    fn routable(&self) -> bool {
+        !self.health.failed_active_hc()
+            && (self.outlier.is_none() || !self.health.outlier.is_ejected())
+    }
+
+    /// Envoy's `health_flags` for `/clusters`: `healthy`, or the reasons
+    /// it is not, each after a `/`.
+    pub fn health_flags(&self) -> String {
+        let mut flags = String::new();
+        if self.health.failed_active_hc() {
+            flags.push_str("/failed_active_hc");
+        }
+        if self.outlier.is_some() && self.health.outlier.is_ejected() {
+            flags.push_str("/failed_outlier_check");
+        }
+        if flags.is_empty() {
+            flags.push_str("healthy");
+        }
+        flags
+    }
 }
 
 /// Counts a request as in flight on an endpoint until dropped.
@@ -60,9 +117,27 @@ impl Drop for ActiveRequest {
     }
 }
 
+/// One published view of a cluster's endpoints. Rebuilt (off the request
+/// path's hot loop) when endpoints change or one becomes routable or not;
+/// a request only loads it and picks.
 pub struct HostSet {
+    /// Every endpoint, routable or not (what `/clusters` lists).
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// What the balancer picks from: the routable endpoints, or all of them
+    /// in panic mode.
+    pub pickable: Vec<Arc<Endpoint>>,
+    /// Built over `pickable`.
     pub balancer: Balancer,
+    /// Routable endpoints (passing active health checks, not ejected).
+    pub routable: usize,
+    /// Fewer than `healthy_panic_threshold` % routable: all are pickable.
+    pub panic: bool,
+    /// The earliest end of an ejection, so a pick can return an ejected
+    /// endpoint on time without waiting for the next outlier interval.
+    next_return: Option<Instant>,
+    /// `routable()` of each endpoint when this set was built, to tell
+    /// whether a rebuild would change anything.
+    mask: Vec<bool>,
 }
 
 pub struct Cluster {
@@ -76,14 +151,37 @@ pub struct Cluster {
     pub uses_hash: bool,
     settings: PoolSettings,
     registry: Arc<PoolRegistry>,
+    /// Tells this build from other builds of the same cluster name.
+    id: u64,
+    limits: Limits,
+    breakers: Breakers,
+    outlier: Option<Arc<OutlierConfig>>,
+    health_checks: Vec<Arc<HcSettings>>,
+    /// Registry key part: endpoints keep their health state only while the
+    /// checks that produced it are unchanged.
+    hc_fingerprint: String,
+    panic_threshold: f64,
+    /// Serialises host-set rebuilds and ejection decisions (so the max
+    /// ejection percentage holds under concurrent failures). Never held
+    /// across an `.await`.
+    membership: Mutex<()>,
+    /// Wakes the health checkers early (new endpoints from DNS).
+    hc_kick: Arc<Notify>,
 }
 
-/// Pools outlive config reloads: a cluster rebuilt with the same endpoint
-/// and connection settings gets the same pool back, idle connections and
-/// all.
+/// Pools, breaker counters and endpoint health outlive config reloads: a
+/// cluster rebuilt with the same endpoint and connection settings gets the
+/// same pool back, idle connections and all; the same name gets the same
+/// breaker counters; the same endpoint under unchanged health checks keeps
+/// its health.
 #[derive(Default)]
 pub struct PoolRegistry {
     pools: Mutex<HashMap<PoolKey, Weak<Pool>>>,
+    breakers: Mutex<HashMap<Arc<str>, Weak<BreakerState>>>,
+    health: Mutex<HashMap<HealthKey, Weak<HostHealth>>>,
+    /// The id of the newest *started* build of each cluster name; its
+    /// background tasks are the only ones that act.
+    current: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -94,20 +192,36 @@ struct PoolKey {
     fingerprint: String,
 }
 
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct HealthKey {
+    cluster: Arc<str>,
+    addr: SocketAddr,
+    health_checks: String,
+}
+
+fn get_or_make<K: std::hash::Hash + Eq, V>(
+    map: &Mutex<HashMap<K, Weak<V>>>,
+    key: K,
+    make: impl FnOnce() -> V,
+) -> Arc<V> {
+    let Ok(mut map) = map.lock() else {
+        return Arc::new(make());
+    };
+    if let Some(v) = map.get(&key).and_then(Weak::upgrade) {
+        return v;
+    }
+    let v = Arc::new(make());
+    map.insert(key, Arc::downgrade(&v));
+    v
+}
+
 impl PoolRegistry {
     fn get_or_make(&self, key: PoolKey, make: impl FnOnce() -> Pool) -> Arc<Pool> {
-        let Ok(mut pools) = self.pools.lock() else {
-            return Arc::new(make());
-        };
-        if let Some(p) = pools.get(&key).and_then(Weak::upgrade) {
-            return p;
-        }
-        let p = Arc::new(make());
-        pools.insert(key, Arc::downgrade(&p));
-        p
+        get_or_make(&self.pools, key, make)
     }
 
-    /// Closes expired idle connections everywhere and forgets dead pools.
+    /// Closes expired idle connections everywhere and forgets dead pools
+    /// and states.
     pub fn reap(&self) {
         let live: Vec<Arc<Pool>> = match self.pools.lock() {
             Ok(mut pools) => {
@@ -119,6 +233,33 @@ impl PoolRegistry {
         for p in live {
             p.reap();
         }
+        if let Ok(mut b) = self.breakers.lock() {
+            b.retain(|_, w| w.strong_count() > 0);
+        }
+        if let Ok(mut h) = self.health.lock() {
+            h.retain(|_, w| w.strong_count() > 0);
+        }
+        if let Ok(mut cur) = self.current.lock() {
+            let names: std::collections::HashSet<Arc<str>> = match self.breakers.lock() {
+                Ok(b) => b.keys().cloned().collect(),
+                Err(_) => return,
+            };
+            // A cluster name with no live build left has no breakers left.
+            cur.retain(|name, _| names.contains(name));
+        }
+    }
+
+    fn make_current(&self, name: &Arc<str>, id: u64) {
+        if let Ok(mut cur) = self.current.lock() {
+            cur.insert(name.clone(), id);
+        }
+    }
+
+    fn is_current(&self, name: &str, id: u64) -> bool {
+        self.current
+            .lock()
+            .map(|cur| cur.get(name) == Some(&id))
+            .unwrap_or(false)
     }
 }
 
@@ -136,9 +277,12 @@ pub struct Target {
     pub weight: u32,
 }
 
+static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
+
 impl Cluster {
     /// Builds a cluster. `targets`: its endpoints, already resolved (see
-    /// [`resolve`]). `path`: the config path, for errors.
+    /// [`resolve`]). `path`: the config path, for errors. Nothing shared
+    /// with a running build changes until [`start`].
     pub fn build(
         cfg: &config::Cluster,
         path: &str,
@@ -163,30 +307,58 @@ impl Cluster {
             max_idle: cfg.max_idle_per_endpoint.unwrap_or(DEFAULT_MAX_IDLE) as usize,
             tls: None,
         };
+        let limits = Limits::from_config(cfg.circuit_breakers.as_ref());
+        let breaker_state = get_or_make(&registry.breakers, name.clone(), || {
+            BreakerState::new(limits, &stats)
+        });
+        let health_checks: Vec<Arc<HcSettings>> = cfg
+            .health_checks
+            .iter()
+            .map(|h| Arc::new(HcSettings::from_config(h, &cfg.name)))
+            .collect();
         let cluster = Arc::new(Cluster {
             name,
             config: cfg.clone(),
             hosts: ArcSwap::from_pointee(HostSet {
                 endpoints: Vec::new(),
+                pickable: Vec::new(),
                 balancer: Balancer::new(cfg, &[]),
+                routable: 0,
+                panic: false,
+                next_return: None,
+                mask: Vec::new(),
             }),
             stats,
             protocol: cfg.protocol,
             uses_hash: matches!(cfg.lb_policy, LbPolicy::RingHash | LbPolicy::Maglev),
             settings: base,
             registry: registry.clone(),
+            id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
+            limits,
+            breakers: Breakers::new(breaker_state),
+            outlier: cfg
+                .outlier_detection
+                .as_ref()
+                .map(|o| Arc::new(OutlierConfig::from_config(o))),
+            hc_fingerprint: format!("{:?}", cfg.health_checks),
+            health_checks,
+            panic_threshold: cfg
+                .healthy_panic_threshold
+                .unwrap_or(DEFAULT_PANIC_THRESHOLD),
+            membership: Mutex::new(()),
+            hc_kick: Arc::new(Notify::new()),
         });
-        let hosts = cluster.host_set(targets, tls.as_ref(), path)?;
-        cluster.hosts.store(Arc::new(hosts));
+        let endpoints = cluster.endpoints(targets, tls.as_ref(), path)?;
+        cluster.hosts.store(Arc::new(cluster.host_set(endpoints)));
         Ok(cluster)
     }
 
-    fn host_set(
-        &self,
+    fn endpoints(
+        self: &Arc<Self>,
         targets: Vec<Target>,
         tls: Option<&(TlsConnector, Option<String>)>,
         path: &str,
-    ) -> Result<HostSet, ConfigError> {
+    ) -> Result<Vec<Arc<Endpoint>>, ConfigError> {
         let fp = fingerprint(&self.config);
         let mut endpoints = Vec::with_capacity(targets.len());
         for t in targets {
@@ -209,9 +381,20 @@ impl Cluster {
                 fingerprint: format!("{fp}|{:?}", t.hostname),
             };
             let stats = self.stats.clone();
+            let breakers = self.breakers.state().clone();
             let pool = self
                 .registry
-                .get_or_make(key, || Pool::new(t.addr, settings, stats));
+                .get_or_make(key, || Pool::new(t.addr, settings, stats, breakers));
+            let checkers = self.health_checks.len();
+            let health = get_or_make(
+                &self.registry.health,
+                HealthKey {
+                    cluster: self.name.clone(),
+                    addr: t.addr,
+                    health_checks: self.hc_fingerprint.clone(),
+                },
+                || HostHealth::new(checkers),
+            );
             endpoints.push(Arc::new(Endpoint {
                 addr: t.addr,
                 key: t.addr.to_string(),
@@ -221,9 +404,34 @@ impl Cluster {
                 active: AtomicU32::new(0),
                 rq_total: AtomicU64::new(0),
                 rq_error: AtomicU64::new(0),
+                health,
+                outlier: self.outlier.clone(),
+                cluster: Arc::downgrade(self),
             }));
         }
-        let lb: Vec<LbEndpoint<'_>> = endpoints
+        Ok(endpoints)
+    }
+
+    /// The host set for `endpoints` given their health now: the routable
+    /// ones, or all of them when fewer than the panic threshold are (Envoy's
+    /// panic mode; a threshold of 0 turns it off). The balancer keys are the
+    /// endpoint addresses, so ring hash and Maglev keep the keys of
+    /// endpoints that stay routable where they were.
+    fn host_set(&self, endpoints: Vec<Arc<Endpoint>>) -> HostSet {
+        let mask: Vec<bool> = endpoints.iter().map(|e| e.routable()).collect();
+        let routable = mask.iter().filter(|&&r| r).count();
+        let panic = panic_mode(routable, endpoints.len(), self.panic_threshold);
+        let pickable: Vec<Arc<Endpoint>> = if panic {
+            endpoints.clone()
+        } else {
+            endpoints
+                .iter()
+                .zip(&mask)
+                .filter(|(_, &r)| r)
+                .map(|(e, _)| e.clone())
+                .collect()
+        };
+        let lb: Vec<LbEndpoint<'_>> = pickable
             .iter()
             .map(|e| LbEndpoint {
                 key: &e.key,
@@ -231,27 +439,231 @@ impl Cluster {
             })
             .collect();
         let balancer = Balancer::new(&self.config, &lb);
-        Ok(HostSet {
+        let next_return = match self.outlier {
+            None => None,
+            Some(_) => endpoints
+                .iter()
+                .filter_map(|e| e.health.outlier.until())
+                .min(),
+        };
+        let ejected = match self.outlier {
+            None => 0,
+            Some(_) => endpoints
+                .iter()
+                .filter(|e| e.health.outlier.is_ejected())
+                .count(),
+        };
+        self.stats.endpoints_healthy.set(routable as i64);
+        self.stats.endpoints_ejected.set(ejected as i64);
+        HostSet {
             endpoints,
+            pickable,
             balancer,
-        })
+            routable,
+            panic,
+            next_return,
+            mask,
+        }
     }
 
-    /// Picks an endpoint for one request.
+    /// Picks an endpoint for one request: `pick_excluding(hash, &[])`.
     pub fn pick(&self, hash: Option<u64>) -> Option<Arc<Endpoint>> {
+        self.pick_excluding(hash, &[])
+    }
+
+    /// Endpoint for a try: among routable endpoints (healthy by active HC
+    /// and not ejected; if the routable share < healthy_panic_threshold %,
+    /// all endpoints — Envoy's panic mode), avoiding `exclude` (addresses of
+    /// endpoints already tried by this request) when any other pickable
+    /// endpoint exists. None when the cluster has no endpoints, or when none
+    /// is routable and panic mode is off (threshold 0).
+    pub fn pick_excluding(
+        &self,
+        hash: Option<u64>,
+        exclude: &[SocketAddr],
+    ) -> Option<Arc<Endpoint>> {
+        let mut hosts = self.hosts.load();
+        if let Some(at) = hosts.next_return {
+            let now = Instant::now();
+            if now >= at && self.return_ejected(now, false) {
+                hosts = self.hosts.load();
+            }
+        }
+        let set = &hosts.pickable;
+        let active = |i: usize| set.get(i).map_or(0, |e| e.active.load(Ordering::Relaxed));
+        let first = set.get(hosts.balancer.pick(hash, &active)?)?;
+        if exclude.is_empty() || !exclude.contains(&first.addr) {
+            return Some(first.clone());
+        }
+        // Ask the balancer again first, so the policy (weights, least
+        // request, hash affinity) still decides where it can; hashing
+        // policies get a different but deterministic hash per attempt.
+        for attempt in 1..=EXCLUDE_ATTEMPTS {
+            let h = hash.map(|h| h.wrapping_add(attempt.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            if let Some(e) = hosts.balancer.pick(h, &active).and_then(|i| set.get(i)) {
+                if !exclude.contains(&e.addr) {
+                    return Some(e.clone());
+                }
+            }
+        }
+        // Then guarantee it: any other pickable endpoint.
+        let others: Vec<&Arc<Endpoint>> =
+            set.iter().filter(|e| !exclude.contains(&e.addr)).collect();
+        if others.is_empty() {
+            return Some(first.clone());
+        }
+        let i = match hash {
+            Some(h) => (h % others.len() as u64) as usize,
+            None => fastrand::usize(..others.len()),
+        };
+        others.get(i).map(|e| (*e).clone())
+    }
+
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
+    pub fn health_checks(&self) -> &[Arc<HcSettings>] {
+        &self.health_checks
+    }
+
+    pub(super) fn hc_kick(&self) -> Arc<Notify> {
+        self.hc_kick.clone()
+    }
+
+    /// Whether this is the newest started build of its name.
+    pub(super) fn is_current(&self) -> bool {
+        self.registry.is_current(&self.name, self.id)
+    }
+
+    /// Rebuilds the host set when some endpoint's routability changed since
+    /// it was built (health check results, ejections by another build of
+    /// this cluster during a reload).
+    pub(super) fn refresh_membership(&self) {
+        let Ok(_guard) = self.membership.lock() else {
+            return;
+        };
+        self.refresh_locked(false);
+    }
+
+    /// With the membership lock held. `force`: rebuild even if nothing
+    /// changed (an ejection deadline moved).
+    fn refresh_locked(&self, force: bool) -> bool {
         let hosts = self.hosts.load();
-        let i = hosts.balancer.pick(hash, &|i| {
-            hosts
+        let changed = hosts
+            .endpoints
+            .iter()
+            .zip(&hosts.mask)
+            .any(|(e, &was)| e.routable() != was);
+        let next_return = match self.outlier {
+            None => None,
+            Some(_) => hosts
                 .endpoints
-                .get(i)
-                .map_or(0, |e| e.active.load(Ordering::Relaxed))
-        })?;
-        hosts.endpoints.get(i).cloned()
+                .iter()
+                .filter_map(|e| e.health.outlier.until())
+                .min(),
+        };
+        if !force && !changed && next_return == hosts.next_return {
+            return false;
+        }
+        self.hosts
+            .store(Arc::new(self.host_set(hosts.endpoints.clone())));
+        true
+    }
+
+    /// Returns ejected endpoints whose time is up. From a pick (`blocking`
+    /// false) it only tries the lock: one request rebuilds, the others go
+    /// on with the set they loaded. True when the host set was replaced.
+    fn return_ejected(&self, now: Instant, blocking: bool) -> bool {
+        let guard = if blocking {
+            self.membership.lock().ok()
+        } else {
+            self.membership.try_lock().ok()
+        };
+        let Some(_guard) = guard else {
+            return false;
+        };
+        let hosts = self.hosts.load();
+        for e in hosts.endpoints.iter() {
+            if e.health.outlier.maybe_return(now) {
+                tracing::info!(cluster = %self.name, endpoint = %e.addr, "endpoint returned from ejection");
+            }
+        }
+        self.refresh_locked(false)
+    }
+
+    /// A detector reached its threshold on `ep`: eject it when the enforcing
+    /// percentage fires and the max ejection percentage allows.
+    fn on_outlier(&self, ep: &Endpoint, t: super::outlier::Triggers, now: Instant) {
+        self.on_outlier_with(ep, t, now, fastrand::u32(0..100));
+    }
+
+    /// `roll`: uniform in 0..100, for the enforcing percentages.
+    fn on_outlier_with(&self, ep: &Endpoint, t: super::outlier::Triggers, now: Instant, roll: u32) {
+        let Some(cfg) = &self.outlier else {
+            return;
+        };
+        ep.health.outlier.reset(t);
+        let Ok(_guard) = self.membership.lock() else {
+            return;
+        };
+        if ep.health.outlier.is_ejected() {
+            return;
+        }
+        let enforcing = [
+            (t.consecutive_5xx, cfg.enforcing_consecutive_5xx),
+            (t.gateway_failure, cfg.enforcing_consecutive_gateway_failure),
+        ];
+        if !enforcing
+            .iter()
+            .any(|&(fired, pct)| fired && enforced(pct, roll))
+        {
+            return;
+        }
+        let hosts = self.hosts.load();
+        let ejected_now = hosts
+            .endpoints
+            .iter()
+            .filter(|e| e.health.outlier.is_ejected())
+            .count();
+        if !may_eject(ejected_now, hosts.endpoints.len(), cfg.max_ejection_percent) {
+            tracing::debug!(cluster = %self.name, endpoint = %ep.addr, "ejection skipped: max_ejection_percent reached");
+            return;
+        }
+        if ep.health.outlier.eject(now, cfg) {
+            self.stats.ejections.inc();
+            tracing::info!(
+                cluster = %self.name,
+                endpoint = %ep.addr,
+                times = ep.health.outlier.ejection().times_ejected,
+                "endpoint ejected by outlier detection"
+            );
+            self.refresh_locked(true);
+        }
+    }
+
+    /// One outlier-detection interval: ejections whose time is up end, and
+    /// endpoints that stayed in shed one step of backoff.
+    fn outlier_tick(&self, now: Instant) {
+        let Ok(_guard) = self.membership.lock() else {
+            return;
+        };
+        let hosts = self.hosts.load();
+        for e in hosts.endpoints.iter() {
+            if e.health.outlier.is_ejected() {
+                if e.health.outlier.maybe_return(now) {
+                    tracing::info!(cluster = %self.name, endpoint = %e.addr, "endpoint returned from ejection");
+                }
+            } else {
+                e.health.outlier.decay();
+            }
+        }
+        self.refresh_locked(false);
     }
 
     /// Replaces the endpoints after a DNS change; unchanged endpoints keep
-    /// their pools through the registry.
-    fn update_targets(&self, targets: Vec<Target>) -> Result<(), ConfigError> {
+    /// their pools and health through the registry.
+    fn update_targets(self: &Arc<Self>, targets: Vec<Target>) -> Result<(), ConfigError> {
         let tls = match &self.config.tls {
             None => None,
             Some(t) => Some((
@@ -259,8 +671,14 @@ impl Cluster {
                 t.sni.clone(),
             )),
         };
-        let hosts = self.host_set(targets, tls.as_ref(), &self.name)?;
-        self.hosts.store(Arc::new(hosts));
+        let endpoints = self.endpoints(targets, tls.as_ref(), &self.name)?;
+        {
+            let Ok(_guard) = self.membership.lock() else {
+                return Ok(());
+            };
+            self.hosts.store(Arc::new(self.host_set(endpoints)));
+        }
+        self.hc_kick.notify_waiters();
         Ok(())
     }
 
@@ -271,6 +689,53 @@ impl Cluster {
                 .map_or(DEFAULT_DNS_REFRESH, |d| d.get())
         })
     }
+}
+
+/// Envoy's panic mode: fewer than `threshold` % of the endpoints routable.
+/// A threshold of 0 (or below) disables it; an empty cluster is not in
+/// panic (there is nothing to pick either way).
+pub fn panic_mode(routable: usize, total: usize, threshold: f64) -> bool {
+    total > 0 && threshold > 0.0 && (routable as f64) * 100.0 < threshold * total as f64
+}
+
+/// Puts a built cluster to work, once its config was accepted: applies its
+/// breaker limits, makes it the acting build of its name (the previous
+/// build's checkers stop), and starts its background tasks — DNS refresh,
+/// active health checks, outlier-detection intervals — on the calling
+/// runtime (the control runtime). Each task holds a `Weak<Cluster>` and
+/// ends when a reload drops the cluster.
+pub fn start(cluster: &Arc<Cluster>) {
+    cluster.breakers.state().set_limits(cluster.limits);
+    cluster.registry.make_current(&cluster.name, cluster.id);
+    spawn_dns(cluster);
+    health::spawn(cluster);
+    spawn_outlier(cluster);
+}
+
+/// Kept for `Active::build`, which calls it for every cluster of an
+/// accepted config: it starts everything (see [`start`]), not only DNS.
+pub fn spawn_dns_refresh(cluster: &Arc<Cluster>) {
+    start(cluster);
+}
+
+fn spawn_outlier(cluster: &Arc<Cluster>) {
+    let Some(cfg) = &cluster.outlier else {
+        return;
+    };
+    let period = cfg.interval;
+    let weak = Arc::downgrade(cluster);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(cluster) = weak.upgrade() else {
+                return;
+            };
+            if !cluster.is_current() {
+                return;
+            }
+            cluster.outlier_tick(Instant::now());
+        }
+    });
 }
 
 /// Resolves a cluster's endpoints: static ones parse, strict_dns ones go
@@ -329,7 +794,7 @@ pub async fn resolve(cfg: &config::Cluster, path: &str) -> Result<Vec<Target>, C
 /// Re-resolves a strict_dns cluster every refresh period until the
 /// cluster is dropped (replaced by a reload or removed). A failed lookup
 /// keeps the previous endpoints, as Envoy does.
-pub fn spawn_dns_refresh(cluster: &Arc<Cluster>) {
+fn spawn_dns(cluster: &Arc<Cluster>) {
     let Some(period) = cluster.dns_refresh() else {
         return;
     };
@@ -366,3 +831,6 @@ pub fn spawn_dns_refresh(cluster: &Arc<Cluster>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,8 +8,15 @@
 //!
 //! The std mutexes here guard a push or a pop and are never held across an
 //! `.await`.
+//!
+//! Circuit breakers: every new connection takes a slot of the cluster's
+//! `max_connections` (an HTTP/2 connection once, whatever its streams); a try
+//! that needs one at the limit waits as a pending request (see
+//! [`acquire_connection`]) and meanwhile takes over an HTTP/1.1 connection
+//! returned to this pool, if one comes back first.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +28,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::breaker::{acquire_connection, Acquired, BreakerState, ConnSlot};
 use super::io::UpstreamIo;
 use crate::config::UpstreamProtocol;
 use crate::error::{ErrorKind, ProxyError};
@@ -47,6 +55,10 @@ pub struct Pool {
     /// Serialises HTTP/2 connects so a burst opens one connection, not one
     /// per request. Only the connect path takes it.
     h2_connect: tokio::sync::Mutex<()>,
+    /// The cluster's breaker counters (shared by every pool of the cluster).
+    breakers: Arc<BreakerState>,
+    /// Connections of this pool holding a slot, open or opening.
+    open: Arc<AtomicU32>,
 }
 
 struct Idle {
@@ -76,12 +88,20 @@ impl Returner {
                 since: Instant::now(),
             });
             pool.stats.cx_idle.inc();
+            drop(idle);
+            // A try waiting for a connection slot can take this one.
+            pool.breakers.wake_pending();
         }
     }
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, settings: PoolSettings, stats: ClusterStats) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        settings: PoolSettings,
+        stats: ClusterStats,
+        breakers: Arc<BreakerState>,
+    ) -> Self {
         Pool {
             addr,
             settings,
@@ -89,6 +109,8 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             h2_connect: tokio::sync::Mutex::new(()),
+            breakers,
+            open: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -149,7 +171,10 @@ impl Pool {
         loop {
             let (mut sender, pooled) = match self.pop_idle() {
                 Some(s) => (s, true),
-                None => (self.connect_h1().await?, false),
+                None => match self.slot(|| self.pop_idle()).await? {
+                    Acquired::Reused(s) => (s, true),
+                    Acquired::Slot(slot) => (self.connect_h1(slot).await?, false),
+                },
             };
             if sender.ready().await.is_err() {
                 if pooled {
@@ -189,7 +214,9 @@ impl Pool {
                 match self.current_h2() {
                     Some(s) => s,
                     None => {
-                        let s = self.connect_h2().await?;
+                        // The connect lock is held, so nobody else can open
+                        // this pool's connection meanwhile: nothing to reuse.
+                        let s = self.connect_h2(self.new_slot().await?).await?;
                         if let Ok(mut slot) = self.h2.lock() {
                             *slot = Some(s.clone());
                         }
@@ -212,26 +239,41 @@ impl Pool {
         slot.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    /// TCP connect (and TLS handshake) within the connect timeout.
+    /// A slot of the cluster's `max_connections`, waiting as a pending
+    /// request (bounded by the connect timeout) when at the limit.
+    async fn slot<T>(&self, reuse: impl FnMut() -> Option<T>) -> Result<Acquired<T>, ProxyError> {
+        acquire_connection(
+            &self.breakers,
+            &self.open,
+            self.settings.connect_timeout,
+            reuse,
+        )
+        .await
+    }
+
+    /// A new connection for the TCP proxy: TCP connect (and TLS handshake)
+    /// within the connect timeout, counted against the cluster's
+    /// `max_connections` until the returned stream is dropped.
     pub async fn connect_io(&self) -> Result<UpstreamIo, ProxyError> {
-        let fut = async {
-            let tcp = TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| ProxyError::with_cause(ErrorKind::ConnectFailed, e))?;
-            let _ = tcp.set_nodelay(true);
-            match &self.settings.tls {
-                None => Ok(UpstreamIo::Plain(tcp)),
-                Some((connector, name)) => connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map(|s| UpstreamIo::Tls(Box::new(s)))
-                    .map_err(|e| ProxyError::with_cause(ErrorKind::ConnectFailed, e)),
-            }
-        };
-        let res = match tokio::time::timeout(self.settings.connect_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(ProxyError::new(ErrorKind::ConnectTimeout)),
-        };
+        let slot = self.new_slot().await?;
+        self.connect_with(Some(slot)).await
+    }
+
+    /// A slot for a connection nothing else could stand in for.
+    async fn new_slot(&self) -> Result<ConnSlot, ProxyError> {
+        match self.slot(|| None::<ConnSlot>).await? {
+            Acquired::Slot(slot) | Acquired::Reused(slot) => Ok(slot),
+        }
+    }
+
+    /// A connection outside the circuit breakers and the connection stats,
+    /// for active health checks (Envoy counts those apart too).
+    pub async fn connect_unlimited(&self) -> Result<UpstreamIo, ProxyError> {
+        self.connect_raw(None).await
+    }
+
+    async fn connect_with(&self, slot: Option<ConnSlot>) -> Result<UpstreamIo, ProxyError> {
+        let res = self.connect_raw(slot).await;
         match &res {
             Ok(_) => self.stats.cx_total.inc(),
             Err(_) => self.stats.cx_connect_fail.inc(),
@@ -239,8 +281,33 @@ impl Pool {
         res
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
-        let io = self.connect_io().await?;
+    /// TCP connect (and TLS handshake) within the connect timeout.
+    async fn connect_raw(&self, slot: Option<ConnSlot>) -> Result<UpstreamIo, ProxyError> {
+        let fut = async {
+            let tcp = TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| ProxyError::with_cause(ErrorKind::ConnectFailed, e))?;
+            let _ = tcp.set_nodelay(true);
+            match &self.settings.tls {
+                None => Ok(UpstreamIo::plain(tcp, slot)),
+                Some((connector, name)) => connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map(|s| UpstreamIo::tls(s, slot))
+                    .map_err(|e| ProxyError::with_cause(ErrorKind::ConnectFailed, e)),
+            }
+        };
+        match tokio::time::timeout(self.settings.connect_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::new(ErrorKind::ConnectTimeout)),
+        }
+    }
+
+    async fn connect_h1(
+        &self,
+        slot: ConnSlot,
+    ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
+        let io = self.connect_with(Some(slot)).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -256,8 +323,11 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect_h2(&self) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
-        let io = self.connect_io().await?;
+    async fn connect_h2(
+        &self,
+        slot: ConnSlot,
+    ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
+        let io = self.connect_with(Some(slot)).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -275,3 +345,6 @@ impl Pool {
         Ok(sender)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,7 @@ mod backend;
 mod body;
 mod client;
 mod dir;
+pub mod envoy;
 mod pki;
 mod ports;
 mod proxy;

@@ -727,3 +727,197 @@ fn router_builds_what_validate_accepts() {
         }
     }
 }
+
+// === Cluster resilience: breakers, health checks, outlier detection ===
+
+/// `valid()` with every resilience field set on `clusters[0]` (`users`),
+/// from YAML so the field names are checked too.
+fn resilient() -> Bootstrap {
+    let mut b = valid();
+    let yaml = r#"
+clusters:
+- name: users
+  circuit_breakers:
+    max_connections: 1
+    max_pending_requests: 1
+    max_requests: 1
+    max_retries: 1
+    retry_budget: {budget_percent: 100, min_retry_concurrency: 0}
+  health_checks:
+  - timeout: 1ms
+    interval: 1ms
+    interval_jitter: 0s
+    unhealthy_threshold: 1
+    healthy_threshold: 1
+    http_health_check:
+      path: "/healthz?full=1"
+      host: users.internal:8080
+      expected_statuses: [{start: 100, end: 600}, {start: 200, end: 201}]
+  - tcp_health_check: {}
+  outlier_detection:
+    consecutive_5xx: 1
+    consecutive_gateway_failure: 1
+    enforcing_consecutive_5xx: 0
+    enforcing_consecutive_gateway_failure: 100
+    interval: 1ms
+    base_ejection_time: 1ms
+    max_ejection_time: 1ms
+    max_ejection_percent: 100
+  healthy_panic_threshold: 0
+"#;
+    let extra = parse_yaml(yaml).expect("resilience YAML parses");
+    let from = &extra.clusters[0];
+    let c = &mut b.clusters[0];
+    c.circuit_breakers = from.circuit_breakers.clone();
+    c.health_checks = from.health_checks.clone();
+    c.outlier_detection = from.outlier_detection.clone();
+    c.healthy_panic_threshold = from.healthy_panic_threshold;
+    b
+}
+
+fn breakers(b: &mut Bootstrap) -> &mut crate::config::CircuitBreakers {
+    b.clusters[0]
+        .circuit_breakers
+        .as_mut()
+        .expect("circuit_breakers")
+}
+
+fn hc(b: &mut Bootstrap, i: usize) -> &mut crate::config::HealthCheck {
+    &mut b.clusters[0].health_checks[i]
+}
+
+fn http_hc(b: &mut Bootstrap) -> &mut crate::config::HttpHealthCheck {
+    hc(b, 0)
+        .http_health_check
+        .as_mut()
+        .expect("http_health_check")
+}
+
+fn od(b: &mut Bootstrap) -> &mut crate::config::OutlierDetection {
+    b.clusters[0]
+        .outlier_detection
+        .as_mut()
+        .expect("outlier_detection")
+}
+
+#[test]
+fn resilience_boundaries_pass() {
+    assert_eq!(errors_of(&resilient()), Vec::new());
+    let mut b = resilient();
+    b.clusters[0].healthy_panic_threshold = Some(100.0);
+    if let Some(r) = breakers(&mut b).retry_budget.as_mut() {
+        r.budget_percent = 0.0;
+    }
+    od(&mut b).max_ejection_percent = 0;
+    // The default Host is the cluster name, a valid host here.
+    http_hc(&mut b).host = None;
+    http_hc(&mut b).expected_statuses.clear();
+    assert_eq!(errors_of(&b), Vec::new());
+}
+
+#[rustfmt::skip]
+fn resilience_cases() -> Vec<Case> {
+    vec![
+        case("clusters[0].circuit_breakers.max_connections", "must be at least 1",
+            |b| breakers(b).max_connections = 0),
+        case("clusters[0].circuit_breakers.max_pending_requests", "must be at least 1",
+            |b| breakers(b).max_pending_requests = 0),
+        case("clusters[0].circuit_breakers.max_requests", "must be at least 1",
+            |b| breakers(b).max_requests = 0),
+        case("clusters[0].circuit_breakers.max_retries", "must be at least 1",
+            |b| breakers(b).max_retries = 0),
+        case("clusters[0].circuit_breakers.retry_budget.budget_percent",
+            "must be a percentage (0 to 100), not 100.5", |b| {
+            if let Some(r) = breakers(b).retry_budget.as_mut() {
+                r.budget_percent = 100.5;
+            }
+        }),
+        case("clusters[0].circuit_breakers.retry_budget.budget_percent",
+            "must be a percentage", |b| {
+            if let Some(r) = breakers(b).retry_budget.as_mut() {
+                r.budget_percent = -1.0;
+            }
+        }),
+        case("clusters[0].health_checks[0].timeout", "must be greater than 0",
+            |b| hc(b, 0).timeout = Some(Dur(Duration::ZERO))),
+        case("clusters[0].health_checks[1].interval", "must be greater than 0",
+            |b| hc(b, 1).interval = Some(Dur(Duration::ZERO))),
+        case("clusters[0].health_checks[0].unhealthy_threshold", "must be at least 1",
+            |b| hc(b, 0).unhealthy_threshold = Some(0)),
+        case("clusters[0].health_checks[1].healthy_threshold", "must be at least 1",
+            |b| hc(b, 1).healthy_threshold = Some(0)),
+        case("clusters[0].health_checks[1]",
+            "exactly one of http_health_check, tcp_health_check is required; none is set",
+            |b| hc(b, 1).tcp_health_check = None),
+        case("clusters[0].health_checks[1]",
+            "found http_health_check and tcp_health_check", |b| {
+            let http = http_hc(b).clone();
+            hc(b, 1).http_health_check = Some(http);
+        }),
+        case("clusters[0].health_checks[0].http_health_check.path", "must start with '/'",
+            |b| http_hc(b).path = "healthz".into()),
+        case("clusters[0].health_checks[0].http_health_check.path", "must start with '/'",
+            |b| http_hc(b).path = String::new()),
+        case("clusters[0].health_checks[0].http_health_check.path", "invalid character ' '",
+            |b| http_hc(b).path = "/a b".into()),
+        case("clusters[0].health_checks[0].http_health_check.host", "invalid host",
+            |b| http_hc(b).host = Some("a b".into())),
+        case("clusters[3].health_checks[0].http_health_check.host",
+            "the cluster name \"no host\", is not a valid host", |b| {
+            // `empty` is referenced by nothing, so it may take any name.
+            let mut check = b.clusters[0].health_checks[0].clone();
+            if let Some(h) = check.http_health_check.as_mut() {
+                h.host = None;
+            }
+            b.clusters[3].name = "no host".into();
+            b.clusters[3].health_checks = vec![check];
+        }),
+        case("clusters[0].health_checks[0].http_health_check.expected_statuses[1]",
+            "invalid range [200, 200)",
+            |b| http_hc(b).expected_statuses[1].end = 200),
+        case("clusters[0].health_checks[0].http_health_check.expected_statuses[0]",
+            "need 100 <= start < end <= 600",
+            |b| http_hc(b).expected_statuses[0].start = 99),
+        case("clusters[0].health_checks[0].http_health_check.expected_statuses[0]",
+            "invalid range [100, 601)",
+            |b| http_hc(b).expected_statuses[0].end = 601),
+        case("clusters[0].outlier_detection.consecutive_5xx", "must be at least 1",
+            |b| od(b).consecutive_5xx = 0),
+        case("clusters[0].outlier_detection.consecutive_gateway_failure", "must be at least 1",
+            |b| od(b).consecutive_gateway_failure = 0),
+        case("clusters[0].outlier_detection.enforcing_consecutive_5xx",
+            "must be a percentage (0 to 100), not 101", |b| od(b).enforcing_consecutive_5xx = 101),
+        case("clusters[0].outlier_detection.enforcing_consecutive_gateway_failure",
+            "must be a percentage", |b| od(b).enforcing_consecutive_gateway_failure = 200),
+        case("clusters[0].outlier_detection.max_ejection_percent", "must be a percentage",
+            |b| od(b).max_ejection_percent = 101),
+        case("clusters[0].outlier_detection.interval", "must be greater than 0",
+            |b| od(b).interval = Some(Dur(Duration::ZERO))),
+        case("clusters[0].outlier_detection.base_ejection_time", "must be greater than 0",
+            |b| od(b).base_ejection_time = Some(Dur(Duration::ZERO))),
+        case("clusters[0].outlier_detection.max_ejection_time", "must be greater than 0",
+            |b| od(b).max_ejection_time = Some(Dur(Duration::ZERO))),
+        case("clusters[0].healthy_panic_threshold", "must be a percentage (0 to 100), not 100.1",
+            |b| b.clusters[0].healthy_panic_threshold = Some(100.1)),
+        case("clusters[0].healthy_panic_threshold", "must be a percentage",
+            |b| b.clusters[0].healthy_panic_threshold = Some(f64::NAN)),
+    ]
+}
+
+#[test]
+fn each_resilience_rule_reports_its_path() {
+    let mut failures = Vec::new();
+    for (i, c) in resilience_cases().into_iter().enumerate() {
+        let mut b = resilient();
+        (c.mutate)(&mut b);
+        let errs = errors_of(&b);
+        let ok = errs.len() == 1 && errs[0].path == c.path && errs[0].reason.contains(c.reason);
+        if !ok {
+            failures.push(format!(
+                "case {i} (expected `{}: ...{}...`): got {errs:#?}",
+                c.path, c.reason
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

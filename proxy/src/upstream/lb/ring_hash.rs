@@ -67,14 +67,17 @@ impl RingHash {
     }
 }
 
-/// Points per endpoint: `base · weight` with `base` the smallest power of
-/// two that puts the ring at `min` or more, reduced to fit `max`; when even
-/// one point per unit of weight exceeds `max`, points are shared out in
+/// Points per endpoint: `base · weight`, where `base` depends only on the
+/// config (`minimum_ring_size / 4`, at least 16), never on how many
+/// endpoints there are. That is what makes the ring consistent: adding or
+/// removing an endpoint adds or removes only that endpoint's points, so only
+/// its keys move (Envoy scales points by the endpoint count, which moves
+/// keys between endpoints that stayed). Reduced to fit `max`; when even one
+/// point per unit of weight exceeds `max`, points are shared out in
 /// proportion with running sums, as Envoy does.
 fn replica_counts(weights: &[u64], min: u64, max: u64) -> Vec<u64> {
     let total: u64 = weights.iter().sum::<u64>().max(1);
-    let wanted = min.div_ceil(total).max(1).next_power_of_two();
-    let base = wanted.min(max / total);
+    let base = (min / 4).max(16).min(max / total);
     if base >= 1 {
         return weights.iter().map(|w| w * base).collect();
     }
@@ -115,11 +118,14 @@ mod tests {
 
     #[test]
     fn replicas_follow_weight_and_bounds() {
-        assert_eq!(replica_counts(&[1, 1, 1, 1], 1024, 1 << 20), [256; 4]);
-        // 1024 / 5 rounds up to the same power of two as 1024 / 4.
+        // Points per unit of weight do not depend on the endpoint count.
+        assert_eq!(replica_counts(&[1; 3], 1024, 1 << 20), [256; 3]);
+        assert_eq!(replica_counts(&[1; 4], 1024, 1 << 20), [256; 4]);
         assert_eq!(replica_counts(&[1; 5], 1024, 1 << 20), [256; 5]);
         assert_eq!(replica_counts(&[3, 1], 1024, 1 << 20), [768, 256]);
-        assert_eq!(replica_counts(&[1, 1], 1024, 1000), [500, 500]);
+        assert_eq!(replica_counts(&[1, 1], 8, 1 << 20), [16, 16]);
+        // `max` still caps the ring.
+        assert_eq!(replica_counts(&[1, 1], 1024, 300), [150, 150]);
         let shared = replica_counts(&[1; 3], 1024, 2);
         assert_eq!(shared.iter().sum::<u64>(), 2);
     }
