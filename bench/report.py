@@ -36,6 +36,8 @@ DISTURBED_CORE_FRACTION = 0.15
 TARGET_RPS_VS_ENVOY = 1.3      # ferry rps >= 1.3 x envoy rps
 TARGET_IDLE_RSS_MIB = 10.0     # ferry idle RSS <= 10 MiB
 TARGET_CONNS_RSS_MIB = 40.0    # ferry RSS with 1,000 idle connections <= 40 MiB
+# Issue 3: header_mutation + local_ratelimit + rbac cost at most 10 % req/s.
+TARGET_FILTER_DROP = 0.10      # 1 - ferry-filters rps / ferry rps <= 0.10
 
 
 def die(msg):
@@ -205,6 +207,23 @@ def targets(by, idle_n):
     return out
 
 
+def filter_check(by):
+    """Issue 3's target: the filter chain drops req/s by at most 10 %."""
+    plain, filt = by.get("ferry"), by.get("ferry-filters")
+    if not plain or not filt:
+        return None
+    r = ratio(filt.get("rps"), plain.get("rps"))
+    drop = None if r is None else 1 - r
+    return check(
+        "req/s drop, ferry-filters vs ferry", f"<= {TARGET_FILTER_DROP * 100:.0f}%", drop,
+        fmt(drop, "{:.1%}") + fmt(filt.get("rps"), " ({:.0f} req/s)"),
+        None if drop is None else drop <= TARGET_FILTER_DROP,
+        "-" if drop is None else
+        (f"{(TARGET_FILTER_DROP - drop) * 100:.1f} points under" if drop <= TARGET_FILTER_DROP
+         else f"{(drop - TARGET_FILTER_DROP) * 100:.1f} points over"),
+        "-")
+
+
 def notes(rows, duration):
     out = []
     limit = DISTURBED_CORE_FRACTION * duration
@@ -266,7 +285,8 @@ def main_report(argv):
     out.append(table(headers, cells, md))
     out.append("")
 
-    ratio_cols = [(n, d) for n, d in (("ferry", "envoy"), ("ferry", "direct"))
+    ratio_cols = [(n, d) for n, d in (("ferry", "envoy"), ("ferry", "direct"),
+                                      ("ferry-filters", "ferry"))
                   if n in by and d in by]
     if ratio_cols:
         headers = ["metric"] + [f"{n}/{d}" for n, d in ratio_cols]
@@ -281,6 +301,9 @@ def main_report(argv):
         out.append("")
 
     checks = targets(by, a.idle_conns)
+    fc = filter_check(by)
+    if fc:
+        checks.append(fc)
     if "ferry" in by:
         headers = ["target (issue)", "wanted", "ferry", "envoy", "result", "margin"]
         cells = [[c["check"], c["target"], c["measured_text"], c["envoy"],

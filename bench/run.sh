@@ -5,6 +5,8 @@
 #   direct  wrk -> nginx backend                       (ceiling)
 #   envoy   wrk -> Envoy 1.40, --concurrency 1 -> backend
 #   ferry   wrk -> ferry-proxy, --concurrency 1 -> backend
+#   ferry-filters  the same Ferry with an HTTP filter chain on the listener:
+#           header_mutation + local_ratelimit (never limiting) + rbac (allowing)
 #
 # Per proxy, two fresh processes, one after the other:
 #   1. memory: start, read VmRSS when idle; open N (1000) keep-alive client
@@ -17,7 +19,8 @@
 # connection client on CPU 1. See bench/README.md.
 #
 # Usage: bench/run.sh [--duration S] [--connections C] [--warmup S]
-#                     [--targets direct,envoy,ferry] [--no-build] [--json PATH]
+#                     [--targets direct,envoy,ferry,ferry-filters] [--no-build]
+#                     [--no-filters] [--json PATH]
 #                     [--markdown] [--idle-conns N] [--keep] [--setup-only]
 set -euo pipefail
 
@@ -45,12 +48,13 @@ DURATION=10
 CONNECTIONS=50
 WARMUP=3
 IDLE_CONNS=1000
-TARGETS="direct,envoy,ferry"
+TARGETS="direct,envoy,ferry,ferry-filters"
 BUILD=1
 JSON_OUT=""
 MARKDOWN=0
 KEEP=0
 SETUP_ONLY=0
+NO_FILTERS=0
 
 RUN_DIR=""
 PIDS=()          # every background process started here, for cleanup
@@ -67,7 +71,9 @@ Usage: bench/run.sh [options]     (run from anywhere; paths are from the repo ro
   --duration S       measured load per target, seconds (default $DURATION)
   --connections C    wrk connections (default $CONNECTIONS)
   --warmup S         unmeasured load before each run, seconds (default $WARMUP)
-  --targets LIST     comma-separated subset of direct,envoy,ferry (default all)
+  --targets LIST     comma-separated subset of direct,envoy,ferry,ferry-filters
+                     (default all; ferry-filters = Ferry with a filter chain)
+  --no-filters       drop ferry-filters from the targets (the proxy-core run)
   --no-build         do not run 'cargo build --release -p ferry-proxy'
   --json PATH        also write the results as JSON
   --markdown         print the tables as Markdown
@@ -89,6 +95,7 @@ parse_args() {
             --connections) CONNECTIONS=${2:?}; shift 2 ;;
             --warmup) WARMUP=${2:?}; shift 2 ;;
             --targets) TARGETS=${2:?}; shift 2 ;;
+            --no-filters) NO_FILTERS=1; shift ;;
             --no-build) BUILD=0; shift ;;
             --json) JSON_OUT=${2:?}; shift 2 ;;
             --markdown) MARKDOWN=1; shift ;;
@@ -104,15 +111,24 @@ parse_args() {
         [[ $n =~ ^[0-9]+$ ]] || die "not a whole number: $n"
     done
     ((DURATION > 0 && CONNECTIONS > 0)) || die "--duration and --connections must be > 0"
+    if ((NO_FILTERS)); then
+        TARGETS=$(tr ',' '\n' <<<"$TARGETS" | { grep -vx 'ferry-filters' || true; } | paste -sd, -)
+        [[ -n $TARGETS ]] || die "--no-filters left no target"
+    fi
     IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
     local t
     for t in "${TARGET_LIST[@]}"; do
-        case $t in direct | envoy | ferry) ;; *) die "unknown target '$t' (direct, envoy, ferry)" ;; esac
+        case $t in
+            direct | envoy | ferry | ferry-filters) ;;
+            *) die "unknown target '$t' (direct, envoy, ferry, ferry-filters)" ;;
+        esac
     done
     if [[ -n $JSON_OUT && $JSON_OUT != /* ]]; then JSON_OUT="$PWD/$JSON_OUT"; fi
 }
 
 has_target() { [[ ,$TARGETS, == *,$1,* ]]; }
+# Either Ferry row needs the binary.
+has_ferry() { has_target ferry || has_target ferry-filters; }
 
 # ------------------------------------------------------------------ setup
 
@@ -352,6 +368,50 @@ clusters:
   - name: backend
     endpoints: [{address: 127.0.0.1:$BACKEND_PORT}]
 EOF
+
+    # The same, with the filter chain of issue 3's performance target:
+    # header_mutation + local_ratelimit (a bucket that never runs dry) + rbac
+    # (a policy every request matches). Each filter does its real work per
+    # request: variables expanded, a token taken, the policy evaluated.
+    cat >"$RUN_DIR/ferry-filters.yaml" <<EOF
+listeners:
+  - name: bench
+    address: 127.0.0.1:$FERRY_PORT
+    route_config: r
+    http_filters:
+      - name: header_mutation
+        config:
+          request:
+            set: [{name: x-ferry-client, value: "%DOWNSTREAM_REMOTE_ADDRESS%"}]
+            remove: [x-internal-debug]
+          response:
+            set: [{name: x-ferry-upstream, value: "%UPSTREAM_HOST%"}]
+      - name: local_ratelimit
+        config:
+          token_bucket: {max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s}
+      - name: rbac
+        config:
+          action: ALLOW
+          policies:
+            loopback-get:
+              permissions:
+                - and_rules:
+                    rules:
+                      - {url_path: {path: {prefix: /}}}
+                      - {not_rule: {header: {name: x-deny, present: true}}}
+              principals: [{source_ip: {address_prefix: 127.0.0.0, prefix_len: 8}}]
+routes:
+  - name: r
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {prefix: /}
+            route: {cluster: backend}
+clusters:
+  - name: backend
+    endpoints: [{address: 127.0.0.1:$BACKEND_PORT}]
+EOF
 }
 
 # --------------------------------------------------------------- measuring
@@ -427,9 +487,9 @@ start_proxy() {
             PROXY_PID=$LAST_PID
             wait_http "$2" "$PROXY_PID" "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready" "" 30
             ;;
-        ferry)
+        ferry | ferry-filters)
             PROXY_PORT=$FERRY_PORT
-            spawn "$2" "$PROXY_CPU" "$FERRY_BIN" --config "$RUN_DIR/ferry.yaml" \
+            spawn "$2" "$PROXY_CPU" "$FERRY_BIN" --config "$RUN_DIR/$1.yaml" \
                 --admin "127.0.0.1:$FERRY_ADMIN_PORT" --concurrency 1
             PROXY_PID=$LAST_PID
             wait_http "$2" "$PROXY_PID" "http://127.0.0.1:$FERRY_ADMIN_PORT/ready" "" 30
@@ -524,7 +584,7 @@ versions() {
     if has_target envoy; then
         v+=("envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -oE '[0-9a-f]{40}/[0-9.]+' | cut -d/ -f2)")
     fi
-    if has_target ferry; then
+    if has_ferry; then
         local rev
         rev=$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo "no-commit")
         if [[ -n $(git -C "$ROOT_DIR" status --porcelain 2>/dev/null | head -n1) ]]; then rev+="+dirty"; fi
@@ -543,7 +603,7 @@ main() {
     trap 'exit 143' TERM
     setup
     ((SETUP_ONLY)) && { log "setup done: envoy at $ENVOY_BIN"; exit 0; }
-    has_target ferry && build_ferry
+    has_ferry && build_ferry
 
     # 1,000 idle connections need > 1024 descriptors in the client and the
     # proxies (which inherit this limit).

@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::access_log::AccessLogger;
 use crate::config::{self, Bootstrap, ConfigError, ConfigErrors, ListenerProtocol};
 use crate::listener::tls::acceptor;
+use crate::queue::Role;
 use crate::router::RouteTable;
 use crate::stats::ListenerStats;
 use crate::upstream::{self, Cluster, PoolRegistry};
@@ -23,6 +24,9 @@ pub struct Active {
     pub config: Arc<Bootstrap>,
     pub listeners: HashMap<Arc<str>, Arc<ListenerRt>>,
     pub clusters: Vec<Arc<Cluster>>,
+    /// Each cluster's serving role (queue-proxy or activator), by the same
+    /// index as `clusters`; None for a plain cluster.
+    pub roles: Vec<Option<Role>>,
     pub cluster_index: HashMap<String, usize>,
     pub access_log: Option<Arc<AccessLogger>>,
 }
@@ -266,10 +270,18 @@ impl Active {
         for c in &clusters {
             upstream::spawn_dns_refresh(c);
         }
+        // After the clusters started: a role publishes its cluster to
+        // requests held for the revision, and starts probing the app.
+        let serving = crate::queue::registry();
+        let roles = clusters
+            .iter()
+            .map(|c| Role::build(&c.config, c, serving))
+            .collect();
         Ok(Active {
             config: Arc::new(boot),
             listeners,
             clusters,
+            roles,
             cluster_index,
             access_log,
         })
@@ -277,5 +289,22 @@ impl Active {
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRt>> {
         self.listeners.get(name)
+    }
+
+    /// Whether every queue cluster's local app passes its readiness probe
+    /// (true when there is none): what `/ready` reports, and so what gates
+    /// this instance's endpoint.
+    pub fn serving_ready(&self) -> bool {
+        self.roles.iter().flatten().all(Role::ready)
+    }
+
+    /// Queue clusters whose app is not ready yet, for `/ready`'s body.
+    pub fn unready_apps(&self) -> Vec<&str> {
+        self.clusters
+            .iter()
+            .zip(&self.roles)
+            .filter(|(_, r)| r.as_ref().is_some_and(|r| !r.ready()))
+            .map(|(c, _)| &*c.name)
+            .collect()
     }
 }

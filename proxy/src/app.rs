@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::access_log::AccessLogger;
 use crate::active::Active;
@@ -18,11 +19,29 @@ use crate::config::{self, Bootstrap, ConfigError, ConfigErrors};
 use crate::listener::{start_workers, ConnTracker, ListenerSet, Shared};
 use crate::stats::STATS;
 use crate::upstream::PoolRegistry;
+use crate::xds::XdsOptions;
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 
+/// An xDS update waiting to be applied by the control loop, and where its
+/// outcome goes (the ACK or the NACK's reasons).
+type XdsApply = (Bootstrap, oneshot::Sender<Result<(), ConfigErrors>>);
+
+/// What the command line says about xDS; it overrides the bootstrap's
+/// `xds:` section field by field.
+#[derive(Default)]
+pub struct XdsFlags {
+    pub server: Option<String>,
+    pub node_id: Option<String>,
+    pub node_cluster: Option<String>,
+    pub delta: bool,
+    pub cache_dir: Option<PathBuf>,
+}
+
 pub struct Options {
-    pub config: PathBuf,
+    /// The config file; in xDS mode, the static part (may be absent).
+    pub config: Option<PathBuf>,
+    pub xds: XdsFlags,
     pub admin: Option<SocketAddr>,
     pub concurrency: usize,
     pub drain_timeout: Duration,
@@ -40,6 +59,8 @@ pub struct App {
     logger: Option<Arc<AccessLogger>>,
     admin: Arc<AdminState>,
     last_seen: Option<u64>,
+    /// Updates from the xDS client (None without xDS).
+    xds_updates: Option<mpsc::Receiver<XdsApply>>,
 }
 
 fn file_hash(path: &std::path::Path) -> Option<u64> {
@@ -52,8 +73,12 @@ impl App {
     /// Loads the config and opens everything. Errors are the config's, with
     /// field paths, or the reason a socket could not be opened.
     pub async fn start(opts: Options) -> Result<App, ConfigErrors> {
-        let last_seen = file_hash(&opts.config);
-        let boot = config::load_file(&opts.config)?;
+        let last_seen = opts.config.as_deref().and_then(file_hash);
+        let boot = match &opts.config {
+            Some(path) => config::load_file(path)?,
+            None => Bootstrap::default(),
+        };
+        let xds = xds_options(&opts.xds, &boot)?;
         let registry = Arc::new(PoolRegistry::default());
         let filter_registry = ferry_filters::Registry::builtin();
         let logger = open_logger(&boot, opts.access_log.as_deref(), None)?;
@@ -95,7 +120,15 @@ impl App {
             ready: false.into(),
         });
         tokio::spawn(admin::serve(admin_listener, admin.clone()));
-        admin.ready.store(true, Ordering::Release);
+        let xds_updates = match xds {
+            // Ready once the first dynamic config is applied, as Envoy waits
+            // for its initial CDS/LDS.
+            Some(x) => Some(spawn_xds(x, active.load().config.as_ref().clone())),
+            None => {
+                admin.ready.store(true, Ordering::Release);
+                None
+            }
+        };
         tracing::info!(admin = %admin_addr, workers = opts.concurrency, "ferry-proxy ready");
 
         Ok(App {
@@ -108,6 +141,7 @@ impl App {
             logger,
             admin,
             last_seen,
+            xds_updates,
         })
     }
 
@@ -125,18 +159,30 @@ impl App {
         let mut watch = tokio::time::interval(self.opts.watch_interval);
         watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reap = tokio::time::interval(Duration::from_secs(5));
+        let mut xds_updates = self.xds_updates.take();
         loop {
             tokio::select! {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
                     self.reload().await;
                 }
-                _ = watch.tick() => {
-                    let seen = file_hash(&self.opts.config);
+                _ = watch.tick(), if self.opts.config.is_some() => {
+                    let seen = self.opts.config.as_deref().and_then(file_hash);
                     if seen.is_some() && seen != self.last_seen {
-                        tracing::info!(file = %self.opts.config.display(), "config file changed: reloading");
+                        tracing::info!("config file changed: reloading");
                         self.reload().await;
                     }
+                }
+                Some((boot, reply)) = recv_update(&mut xds_updates) => {
+                    let result = self.apply(boot).await;
+                    match &result {
+                        Ok(()) => {
+                            STATS.config_reload_ok.inc();
+                            self.admin.ready.store(true, Ordering::Release);
+                        }
+                        Err(_) => STATS.config_reload_failed.inc(),
+                    }
+                    let _ = reply.send(result);
                 }
                 _ = reap.tick() => self.registry.reap(),
                 _ = term.recv() => break,
@@ -147,7 +193,17 @@ impl App {
     }
 
     async fn reload(&mut self) {
-        self.last_seen = file_hash(&self.opts.config);
+        if self.active.load().config.xds.is_some() || self.opts.xds.server.is_some() {
+            // The running config is the file's static part merged with the
+            // control plane's resources; re-reading the file alone would drop
+            // the dynamic part.
+            tracing::warn!(
+                "config file reloads are not supported with xDS: restart to change the static part"
+            );
+            self.last_seen = self.opts.config.as_deref().and_then(file_hash);
+            return;
+        }
+        self.last_seen = self.opts.config.as_deref().and_then(file_hash);
         match self.try_reload().await {
             Ok(()) => {
                 STATS.config_reload_ok.inc();
@@ -164,7 +220,16 @@ impl App {
     }
 
     async fn try_reload(&mut self) -> Result<(), ConfigErrors> {
-        let boot = config::load_file(&self.opts.config)?;
+        let Some(path) = self.opts.config.clone() else {
+            return Ok(());
+        };
+        let boot = config::load_file(&path)?;
+        self.apply(boot).await
+    }
+
+    /// Builds, publishes and commits a validated config: the one apply path
+    /// for file reloads and xDS updates.
+    async fn apply(&mut self, boot: Bootstrap) -> Result<(), ConfigErrors> {
         if boot.admin != self.active.load().config.admin {
             tracing::warn!("admin address changes take effect on restart only");
         }
@@ -192,6 +257,65 @@ impl App {
             );
         }
         clean
+    }
+}
+
+/// The xDS settings in force: the bootstrap's `xds:` section with the
+/// command line's flags over it. None: no xDS.
+fn xds_options(flags: &XdsFlags, boot: &Bootstrap) -> Result<Option<XdsOptions>, ConfigErrors> {
+    let file = boot.xds.as_ref();
+    let Some(server) = flags
+        .server
+        .clone()
+        .or_else(|| file.map(|x| x.server.clone()))
+    else {
+        return Ok(None);
+    };
+    let node_id = flags
+        .node_id
+        .clone()
+        .or_else(|| file.map(|x| x.node_id.clone()))
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| ConfigError::new("xds.node_id", "xDS needs a node id (--node-id)"))?;
+    let node_cluster = flags
+        .node_cluster
+        .clone()
+        .or_else(|| file.map(|x| x.node_cluster.clone()))
+        .unwrap_or_default();
+    let mut opts = XdsOptions::new(server, node_id, node_cluster);
+    opts.delta = flags.delta || file.is_some_and(|x| x.delta);
+    opts.cache_dir = flags
+        .cache_dir
+        .clone()
+        .or_else(|| file.and_then(|x| x.cache_dir.as_ref().map(PathBuf::from)));
+    Ok(Some(opts))
+}
+
+/// Starts the xDS client; every complete config it assembles is sent to the
+/// control loop, which applies it and answers with the outcome.
+fn spawn_xds(opts: XdsOptions, static_base: Bootstrap) -> mpsc::Receiver<XdsApply> {
+    let (tx, rx) = mpsc::channel::<XdsApply>(1);
+    tokio::spawn(async move {
+        let apply = move |boot: Bootstrap| {
+            let tx = tx.clone();
+            async move {
+                let (reply, outcome) = oneshot::channel();
+                let stopped = || ConfigErrors::from(ConfigError::new("", "proxy is shutting down"));
+                tx.send((boot, reply)).await.map_err(|_| stopped())?;
+                outcome.await.unwrap_or_else(|_| Err(stopped()))
+            }
+        };
+        // `run` only returns when the client cannot start at all.
+        let Err(e) = crate::xds::run(opts, static_base, apply).await;
+        tracing::error!(error = %e, "xDS client stopped");
+    });
+    rx
+}
+
+async fn recv_update(rx: &mut Option<mpsc::Receiver<XdsApply>>) -> Option<XdsApply> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -30,6 +30,14 @@ pub enum ErrorKind {
     /// A circuit breaker of the cluster is open (connections, pending
     /// requests, requests or retries at their limit).
     Overloaded,
+    /// Queue-proxy role: the revision's queue is full.
+    QueueFull,
+    /// Queue-proxy role: no execution slot within the queue timeout.
+    QueueTimeout,
+    /// Activator role: too many requests already held for the revision.
+    ActivationFull,
+    /// Activator role: no endpoint arrived within the hold timeout.
+    ActivationTimeout,
 }
 
 /// Which side an error came from.
@@ -44,7 +52,13 @@ impl ErrorKind {
     pub fn side(self) -> Side {
         match self {
             ErrorKind::BadRequest => Side::Downstream,
-            ErrorKind::NoRoute | ErrorKind::Draining | ErrorKind::Overloaded => Side::Internal,
+            ErrorKind::NoRoute
+            | ErrorKind::Draining
+            | ErrorKind::Overloaded
+            | ErrorKind::QueueFull
+            | ErrorKind::QueueTimeout
+            | ErrorKind::ActivationFull
+            | ErrorKind::ActivationTimeout => Side::Internal,
             _ => Side::Upstream,
         }
     }
@@ -67,7 +81,11 @@ impl ErrorKind {
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
             | ErrorKind::Draining
-            | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorKind::Overloaded
+            | ErrorKind::QueueFull
+            | ErrorKind::QueueTimeout
+            | ErrorKind::ActivationFull
+            | ErrorKind::ActivationTimeout => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -82,6 +100,11 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "UC",
             ErrorKind::Draining => "DR",
             ErrorKind::Overloaded => "UO",
+            // Envoy has no flags for these; Ferry's own, in Envoy's style.
+            ErrorKind::QueueFull => "QF",
+            ErrorKind::QueueTimeout => "QT",
+            ErrorKind::ActivationFull => "AF",
+            ErrorKind::ActivationTimeout => "AT",
         }
     }
 
@@ -96,6 +119,10 @@ impl ErrorKind {
             ErrorKind::UpstreamReset => "upstream reset before response started\n",
             ErrorKind::Draining => "listener draining\n",
             ErrorKind::Overloaded => "upstream overloaded\n",
+            ErrorKind::QueueFull => "revision queue full\n",
+            ErrorKind::QueueTimeout => "timed out waiting in the revision queue\n",
+            ErrorKind::ActivationFull => "too many requests waiting for the revision to activate\n",
+            ErrorKind::ActivationTimeout => "timed out waiting for the revision to activate\n",
         }
     }
 }
@@ -128,8 +155,24 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         h.insert("x-ferry-error", HeaderValue::from_static(kind.flag()));
-        if kind == ErrorKind::Overloaded {
-            h.insert("x-ferry-overloaded", HeaderValue::from_static("true"));
+        match kind {
+            ErrorKind::Overloaded => {
+                h.insert("x-ferry-overloaded", HeaderValue::from_static("true"));
+            }
+            // The reason, for clients and for the tests of the serving roles.
+            ErrorKind::QueueFull => {
+                h.insert("x-ferry-queue", HeaderValue::from_static("full"));
+            }
+            ErrorKind::QueueTimeout => {
+                h.insert("x-ferry-queue", HeaderValue::from_static("timeout"));
+            }
+            ErrorKind::ActivationFull => {
+                h.insert("x-ferry-activation", HeaderValue::from_static("full"));
+            }
+            ErrorKind::ActivationTimeout => {
+                h.insert("x-ferry-activation", HeaderValue::from_static("timeout"));
+            }
+            _ => {}
         }
         if matches!(kind, ErrorKind::BadRequest | ErrorKind::Draining) {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ferry_proxy::app::{App, Options};
+use ferry_proxy::app::{App, Options, XdsFlags};
 use ferry_proxy::config::{self, duration::parse_duration};
 
 #[derive(Parser)]
@@ -16,14 +16,32 @@ use ferry_proxy::config::{self, duration::parse_duration};
     about = "Ferry data plane: HTTP/1.1, HTTP/2 and TCP proxy"
 )]
 struct Cli {
-    /// Config file to run (YAML; see docs/config.md).
+    /// Config file to run (YAML; see docs/config.md). With xDS it holds the
+    /// static part of the config and may be omitted.
     #[arg(
         long,
         short = 'c',
         value_name = "FILE",
-        required_unless_present = "validate"
+        required_unless_present_any = ["validate", "xds"]
     )]
     config: Option<PathBuf>,
+    /// ADS server (`http://host:port`) to take listeners, routes, clusters
+    /// and endpoints from.
+    #[arg(long, value_name = "URL")]
+    xds: Option<String>,
+    /// This proxy's node id, as the control plane knows it.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// This proxy's node cluster (service) name.
+    #[arg(long, value_name = "NAME")]
+    node_cluster: Option<String>,
+    /// Incremental (delta) xDS instead of state of the world.
+    #[arg(long)]
+    xds_delta: bool,
+    /// Keep the last accepted xDS resources in DIR: a proxy restarted while
+    /// the control plane is down starts serving them.
+    #[arg(long, value_name = "DIR")]
+    xds_cache: Option<PathBuf>,
     /// Check a config file, print every error with its field path, and exit
     /// (0 valid, 1 invalid).
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
@@ -73,15 +91,18 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let Some(config) = cli.config else {
-        eprintln!("ferry-proxy: --config FILE is required");
-        return ExitCode::from(2);
-    };
     let concurrency = cli
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = Options {
-        config,
+        config: cli.config,
+        xds: XdsFlags {
+            server: cli.xds,
+            node_id: cli.node_id,
+            node_cluster: cli.node_cluster,
+            delta: cli.xds_delta,
+            cache_dir: cli.xds_cache,
+        },
         admin: cli.admin,
         concurrency,
         drain_timeout: cli.drain_timeout,

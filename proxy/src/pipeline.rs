@@ -6,8 +6,10 @@
 //! 3. settle the request id, then run the listener's HTTP filters on the
 //!    request head (a filter may delay, or answer);
 //! 4. local replies (direct response, redirect) end here; otherwise choose
-//!    the cluster (weighted split), take a request slot from its circuit
-//!    breaker and pick an endpoint;
+//!    the cluster (weighted split); a queue cluster admits, queues or
+//!    refuses the request (the queue-proxy role); take a request slot from
+//!    its circuit breaker and pick an endpoint — none in an activation
+//!    cluster: hold the request until one arrives (the activator role);
 //! 5. rewrite the head for upstream: hop-by-hop headers, forwarding headers,
 //!    route header ops, host/path rewrite, protocol translation;
 //! 6. send, under the route timeout; a failed try is retried per the
@@ -37,6 +39,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::ProxyBody;
 use crate::http::headers::{is_upgrade, new_request_id, strip_hop_by_hop};
 use crate::http::replay::Replay;
+use crate::queue::{Role, X_FERRY_PROXIED};
 use crate::router::{Action, RequestView, Route, TryFailure};
 use crate::upstream::pool::Returner;
 use crate::upstream::{ActiveRequest, BreakerPermit, Cluster, Endpoint, TryOutcome};
@@ -256,7 +259,7 @@ async fn route_and_forward(
         return Err(ProxyError::new(ErrorKind::BadRequest));
     };
     let v = view(&req, authority, conn);
-    let cluster: &Arc<Cluster> = match &route.action {
+    let cluster: usize = match &route.action {
         Action::Direct(d) => {
             let mut resp = Response::new(ProxyBody::full(d.body.clone()));
             *resp.status_mut() = d.status;
@@ -272,10 +275,14 @@ async fn route_and_forward(
             route.response_headers.apply(resp.headers_mut());
             return Ok(resp);
         }
-        Action::Cluster(i) => active.clusters.get(*i),
-        Action::Weighted(w) => active.clusters.get(w.pick(fastrand::u64(..))),
-    }
-    .ok_or_else(|| ProxyError::new(ErrorKind::NoHealthyUpstream))?;
+        Action::Cluster(i) => *i,
+        Action::Weighted(w) => w.pick(fastrand::u64(..)),
+    };
+    let role = active.roles.get(cluster).and_then(Option::as_ref);
+    let cluster = active
+        .clusters
+        .get(cluster)
+        .ok_or_else(|| ProxyError::new(ErrorKind::NoHealthyUpstream))?;
     outcome.cluster = Some(cluster.name.clone());
 
     let hash = if cluster.uses_hash {
@@ -290,11 +297,29 @@ async fn route_and_forward(
             .map_err(|e| ProxyError::with_cause(ErrorKind::BadRequest, e))?,
     };
 
+    // Queue-proxy role: admit, queue or refuse. The admission (execution
+    // slot + in-flight count) lives until the response body ends.
+    let admission = match role {
+        Some(Role::Queue(q)) => Some(q.admit(req.headers(), route.timeout).await?),
+        _ => None,
+    };
+
     let Some(_request_slot) = cluster.breakers().try_request() else {
         return Err(ProxyError::new(ErrorKind::Overloaded));
     };
-    let Some(endpoint) = cluster.pick(hash) else {
-        return Err(ProxyError::new(ErrorKind::NoHealthyUpstream));
+    // Activator role: no endpoint yet → hold until one arrives (possibly
+    // in a newer build of the cluster) or the hold times out.
+    let held_cluster: Arc<Cluster>;
+    let (cluster, endpoint) = match (cluster.pick(hash), role) {
+        (Some(e), _) => (cluster, e),
+        (None, Some(Role::Activation(a))) => {
+            let (c, e) = a.hold(cluster, hash).await?;
+            held_cluster = c;
+            req.headers_mut()
+                .insert(X_FERRY_PROXIED, HeaderValue::from_static("activator"));
+            (&held_cluster, e)
+        }
+        (None, _) => return Err(ProxyError::new(ErrorKind::NoHealthyUpstream)),
     };
 
     let upgrade = req.version() == Version::HTTP_11
@@ -316,7 +341,13 @@ async fn route_and_forward(
     }
     strip_hop_by_hop(resp.headers_mut(), switching, false);
     route.response_headers.apply(resp.headers_mut());
-    Ok(resp.map(|body| ProxyBody::upstream(body, returner, None)))
+    Ok(resp.map(|body| {
+        let mut body = ProxyBody::upstream(body, returner, None);
+        if let (Some(a), ProxyBody::Upstream(up)) = (admission, &mut body) {
+            up.set_admission(a);
+        }
+        body
+    }))
 }
 
 /// Runs the request-head hooks, honouring delays. Some(reply): a filter

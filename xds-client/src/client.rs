@@ -113,10 +113,13 @@ impl AdsClient {
             .tcp_nodelay(true)
             // Keepalives notice a control plane that vanished without a
             // FIN (host down, partition), which would otherwise leave the
-            // stream open and the client waiting forever.
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+            // stream open and the client waiting forever. TCP keepalive does
+            // it quietly; HTTP/2 pings stay at 5 minutes because gRPC-Go
+            // servers (go-control-plane, istiod) answer more frequent pings
+            // with GOAWAY `too_many_pings` by default.
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .http2_keep_alive_interval(Duration::from_secs(300))
+            .keep_alive_timeout(Duration::from_secs(20));
         Ok(AdsClient {
             config,
             endpoint,

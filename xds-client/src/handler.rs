@@ -159,6 +159,26 @@ pub struct Update {
 }
 
 impl Update {
+    /// An update built by hand: for testing a handler, or feeding it
+    /// resources from another source.
+    pub fn of<T: XdsResource>(
+        version: impl Into<String>,
+        resources: Vec<T>,
+        removed: Vec<String>,
+    ) -> Update {
+        Update {
+            type_url: T::type_url(),
+            version: version.into(),
+            resources: resources
+                .into_iter()
+                .map(|r| Decoded::new(r.resource_name().to_string(), String::new(), Box::new(r)))
+                .collect(),
+            removed,
+            full_state: false,
+            source: Source::Server,
+        }
+    }
+
     pub fn is<T: XdsResource>(&self) -> bool {
         self.type_url == T::type_url()
     }

@@ -80,10 +80,20 @@ fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         .is_some_and(|q| q.split('&').any(|kv| kv == "format=json"));
     match req.uri().path() {
         "/ready" => {
-            if state.ready.load(Ordering::Acquire) {
+            if !state.ready.load(Ordering::Acquire) {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY\n", "text/plain");
+            }
+            // The queue-proxy role: not ready until the local app is (this
+            // is what gates the instance's endpoint in the control plane).
+            let active = state.active.load();
+            if active.serving_ready() {
                 text(StatusCode::OK, "LIVE\n", "text/plain")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY\n", "text/plain")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("NOT READY: app not ready: {}\n", active.unready_apps().join(", ")),
+                    "text/plain",
+                )
             }
         }
         "/healthz" => text(StatusCode::OK, "OK\n", "text/plain"),

@@ -30,6 +30,28 @@ pub struct Bootstrap {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub clusters: Vec<Cluster>,
+    /// Configuration from a control plane over ADS; the listeners, routes
+    /// and clusters above are then the static part, served beside the
+    /// dynamic one. CLI flags (`--xds`, `--node-id`, ...) override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<XdsBootstrap>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsBootstrap {
+    /// `http://host:port` of the ADS server.
+    pub server: String,
+    pub node_id: String,
+    #[serde(default)]
+    pub node_cluster: String,
+    /// Incremental (delta) xDS instead of state of the world.
+    #[serde(default)]
+    pub delta: bool,
+    /// Keep the last accepted resources here, so a proxy restarted while
+    /// the control plane is down still serves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -447,6 +469,122 @@ pub struct Cluster {
     /// them (Envoy's panic mode); default 50. 0 disables panic mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_panic_threshold: Option<f64>,
+    /// This cluster is a revision's local app, seen from its sidecar: the
+    /// queue-proxy role (concurrency cap, bounded queue, readiness probing,
+    /// per-second load reports). See docs/config.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueConfig>,
+    /// This cluster is a revision that can be at zero: a request finding no
+    /// endpoint is held until one arrives (the activator role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<ActivationConfig>,
+}
+
+/// The queue-proxy role of a cluster. Defaults are Knative's. From xDS, the
+/// cluster's `metadata.filter_metadata["ferry"]` carries the same keys
+/// (`revision`, `namespace`, `container_concurrency`, `max_queue_depth`,
+/// `queue_timeout`, `readiness_probe`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The revision's name, as reported to the control plane; default: the
+    /// cluster's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// Default `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Requests the app executes at once; 0 = unlimited (and no queue).
+    #[serde(default)]
+    pub container_concurrency: u32,
+    /// Requests waiting for a slot; default 10 × container_concurrency.
+    /// Beyond it: 503 at once with `x-ferry-queue: full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_depth: Option<u32>,
+    /// Longest wait for a slot; default the route's timeout (the revision
+    /// timeout). Beyond it: 503 with `x-ferry-queue: timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<Dur>,
+    /// How the app's readiness is probed; absent: TCP connect with the
+    /// defaults below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<ReadinessProbe>,
+}
+
+pub fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// What `queue: {}` means (the namespace defaults to `default`, as in YAML).
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            revision: String::new(),
+            namespace: default_namespace(),
+            container_concurrency: 0,
+            max_queue_depth: None,
+            queue_timeout: None,
+            readiness_probe: None,
+        }
+    }
+}
+
+/// What `activation: {}` means.
+impl Default for ActivationConfig {
+    fn default() -> Self {
+        ActivationConfig {
+            revision: String::new(),
+            namespace: default_namespace(),
+            hold_timeout: None,
+            max_held: None,
+        }
+    }
+}
+
+/// Knative's queue-proxy probing: every `initial_interval` (50ms) until the
+/// first success, then every `period`; `failure_threshold` failures in a
+/// row make a ready app unready (and probing aggressive again).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessProbe {
+    /// HTTP GET of this path (2xx passes); absent: a TCP connect passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Default 50ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_interval: Option<Dur>,
+    /// Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Dur>,
+    /// One probe's limit; default 1s (100ms while probing aggressively).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+}
+
+/// The activator role of a cluster. From xDS, `filter_metadata["ferry"]`
+/// carries `revision`, `namespace`, `activation: true`, `hold_timeout`,
+/// `max_held`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationConfig {
+    /// Default: the cluster's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// Default `default`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Longest a request waits for an endpoint; default 60s. Beyond it: 503
+    /// with `x-ferry-activation: timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_timeout: Option<Dur>,
+    /// Requests held at once for this revision; default 10000 (Knative's
+    /// activator queue depth). Beyond it: 503 with
+    /// `x-ferry-activation: full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_held: Option<u32>,
 }
 
 /// Per-cluster limits; overflow answers 503 with `x-ferry-overloaded: true`.

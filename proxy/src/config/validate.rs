@@ -59,6 +59,22 @@ pub fn validate(boot: &Bootstrap) -> Result<(), ConfigErrors> {
         cluster_names: boot.clusters.iter().map(|c| c.name.as_str()).collect(),
     };
     v.bootstrap(boot);
+    if let Some(x) = &boot.xds {
+        if !(x.server.starts_with("http://") || x.server.starts_with("https://"))
+            || x.server.parse::<http::Uri>().is_err()
+        {
+            v.err(
+                "xds.server",
+                format!("invalid server {:?}: use http://host:port", x.server),
+            );
+        }
+        if x.node_id.trim().is_empty() {
+            v.err("xds.node_id", "is required");
+        }
+        if x.cache_dir.as_deref().is_some_and(str::is_empty) {
+            v.err("xds.cache_dir", "must not be empty");
+        }
+    }
     if v.errors.is_empty() {
         // The router compiles what the checks above cannot see (retry
         // policies, rewrite forms); running it here means `--validate`
@@ -778,6 +794,79 @@ impl<'a> Validator<'a> {
             }
         }
         self.cluster_resilience(path, c);
+        self.cluster_serving(path, c);
+    }
+
+    /// The queue-proxy and activator roles (`queue`, `activation`).
+    fn cluster_serving(&mut self, path: &str, c: &Cluster) {
+        if c.queue.is_some() && c.activation.is_some() {
+            self.err(
+                format!("{path}.activation"),
+                "a cluster is either a revision's local app (queue) or a revision that can be \
+                 at zero (activation), not both",
+            );
+        }
+        if let Some(q) = &c.queue {
+            let p = format!("{path}.queue");
+            if q.namespace.is_empty() {
+                self.err(format!("{p}.namespace"), "must not be empty");
+            }
+            if c.endpoints.is_empty() {
+                self.err(
+                    format!("{path}.endpoints"),
+                    "a queue cluster is the revision's local app: at least one endpoint is \
+                     required (it is probed for readiness)",
+                );
+            }
+            if q.max_queue_depth.is_some() && q.container_concurrency == 0 {
+                self.err(
+                    format!("{p}.max_queue_depth"),
+                    "needs container_concurrency > 0 (unlimited concurrency has no queue)",
+                );
+            }
+            if q.queue_timeout.is_some_and(|d| d.get().is_zero()) {
+                self.err(format!("{p}.queue_timeout"), "must be greater than 0");
+            }
+            if let Some(rp) = &q.readiness_probe {
+                let rp_path = format!("{p}.readiness_probe");
+                if let Some(probe_path) = &rp.path {
+                    if !probe_path.starts_with('/')
+                        || probe_path
+                            .bytes()
+                            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                    {
+                        self.err(
+                            format!("{rp_path}.path"),
+                            format!("{probe_path:?} must start with '/' and hold no spaces"),
+                        );
+                    }
+                }
+                for (field, d) in [
+                    ("initial_interval", rp.initial_interval),
+                    ("period", rp.period),
+                    ("timeout", rp.timeout),
+                ] {
+                    if d.is_some_and(|d| d.get().is_zero()) {
+                        self.err(format!("{rp_path}.{field}"), "must be greater than 0");
+                    }
+                }
+                if rp.failure_threshold == Some(0) {
+                    self.err(format!("{rp_path}.failure_threshold"), "must be at least 1");
+                }
+            }
+        }
+        if let Some(a) = &c.activation {
+            let p = format!("{path}.activation");
+            if a.namespace.is_empty() {
+                self.err(format!("{p}.namespace"), "must not be empty");
+            }
+            if a.hold_timeout.is_some_and(|d| d.get().is_zero()) {
+                self.err(format!("{p}.hold_timeout"), "must be greater than 0");
+            }
+            if a.max_held == Some(0) {
+                self.err(format!("{p}.max_held"), "must be at least 1");
+            }
+        }
     }
 
     /// Circuit breakers, health checks, outlier detection, panic threshold.

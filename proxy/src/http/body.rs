@@ -32,6 +32,9 @@ pub struct UpstreamBody {
     inner: Incoming,
     returner: Option<Returner>,
     completion: Option<Box<Completion>>,
+    /// The queue-proxy's slot and in-flight count: held until the body
+    /// ends, so the app's concurrency covers the whole response.
+    admission: Option<crate::queue::Admission>,
     bytes: u64,
 }
 
@@ -54,6 +57,7 @@ impl ProxyBody {
             inner,
             returner,
             completion,
+            admission: None,
             bytes: 0,
         };
         // A body-less response (204, HEAD, Content-Length: 0) may never be
@@ -70,10 +74,19 @@ impl UpstreamBody {
         self.completion = Some(c);
     }
 
+    /// Keeps the queue admission until the body ends (or is dropped). A
+    /// body that already ended releases it at once.
+    pub fn set_admission(&mut self, a: crate::queue::Admission) {
+        if !self.inner.is_end_stream() {
+            self.admission = Some(a);
+        }
+    }
+
     fn release(&mut self) {
         if let Some(r) = self.returner.take() {
             r.release();
         }
+        self.admission = None;
     }
 }
 

@@ -13,6 +13,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| h == name)
+}
+
 /// Whether the request asks to switch protocols (WebSocket and friends):
 /// `Connection: upgrade` plus an `Upgrade` header.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -34,6 +38,11 @@ fn has_token(v: &HeaderValue, token: &str) -> bool {
 /// re-set. `keep_te_trailers`: keep `te: trailers` (gRPC to an HTTP/2 peer
 /// needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
+    // Most messages carry no hop-by-hop header (keep-alive is HTTP/1.1's
+    // default): one pass over the names is cheaper than six hashed removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         // Collect names first: the map cannot be mutated while borrowed.
         let named: Vec<HeaderName> = headers

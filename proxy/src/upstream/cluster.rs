@@ -144,6 +144,10 @@ pub struct Cluster {
     pub name: Arc<str>,
     pub config: config::Cluster,
     pub hosts: ArcSwap<HostSet>,
+    /// Woken (`notify_waiters`) after every store to `hosts` once the
+    /// cluster runs: requests held by the activator (`queue::activator`)
+    /// wait on it for an endpoint to appear.
+    pub hosts_changed: Notify,
     pub stats: ClusterStats,
     pub protocol: UpstreamProtocol,
     /// Ring hash and Maglev want the route's hash; others don't, so the
@@ -328,6 +332,7 @@ impl Cluster {
                 next_return: None,
                 mask: Vec::new(),
             }),
+            hosts_changed: Notify::new(),
             stats,
             protocol: cfg.protocol,
             uses_hash: matches!(cfg.lb_policy, LbPolicy::RingHash | LbPolicy::Maglev),
@@ -568,6 +573,7 @@ impl Cluster {
         }
         self.hosts
             .store(Arc::new(self.host_set(hosts.endpoints.clone())));
+        self.hosts_changed.notify_waiters();
         true
     }
 
@@ -678,6 +684,7 @@ impl Cluster {
             };
             self.hosts.store(Arc::new(self.host_set(endpoints)));
         }
+        self.hosts_changed.notify_waiters();
         self.hc_kick.notify_waiters();
         Ok(())
     }

@@ -38,7 +38,13 @@ impl Problems {
         let parts: Vec<String> = self
             .list
             .iter()
-            .map(|(p, r)| if p.is_empty() { r.clone() } else { format!("{p}: {r}") })
+            .map(|(p, r)| {
+                if p.is_empty() {
+                    r.clone()
+                } else {
+                    format!("{p}: {r}")
+                }
+            })
             .collect();
         format!("{kind} {name:?}: {}", parts.join("; "))
     }
@@ -55,7 +61,11 @@ pub(crate) fn ignored(kind: &str, field: &str) {
     let key = format!("{kind}.{field}");
     let first = LOGGED.lock().map(|mut s| s.insert(key)).unwrap_or(false);
     if first {
-        tracing::info!(resource = kind, field, "xDS field not supported by Ferry; ignored (logged once)");
+        tracing::info!(
+            resource = kind,
+            field,
+            "xDS field not supported by Ferry; ignored (logged once)"
+        );
     }
 }
 
@@ -69,11 +79,7 @@ pub(crate) fn duration(d: &PbDuration) -> Option<Dur> {
 }
 
 /// A proto duration field into the model, with a problem when negative.
-pub(crate) fn opt_duration(
-    p: &mut Problems,
-    path: &str,
-    d: &Option<PbDuration>,
-) -> Option<Dur> {
+pub(crate) fn opt_duration(p: &mut Problems, path: &str, d: &Option<PbDuration>) -> Option<Dur> {
     let d = d.as_ref()?;
     let out = duration(d);
     if out.is_none() {
@@ -85,7 +91,10 @@ pub(crate) fn opt_duration(
 /// `ip:port` (or `host:port`) of a socket address; `None` with a problem for
 /// pipes, named ports and internal addresses.
 pub(crate) fn socket_address(p: &mut Problems, path: &str, a: &Option<Address>) -> Option<String> {
-    let Some(Address { address: Some(kind) }) = a else {
+    let Some(Address {
+        address: Some(kind),
+    }) = a
+    else {
         p.add(path, "an address is required");
         return None;
     };
@@ -105,7 +114,10 @@ pub(crate) fn socket_address(p: &mut Problems, path: &str, a: &Option<Address>) 
         p.unsupported(format!("{path}.socket_address.protocol"), "UDP");
     }
     if !sa.resolver_name.is_empty() {
-        p.unsupported(format!("{path}.socket_address.resolver_name"), "a custom resolver");
+        p.unsupported(
+            format!("{path}.socket_address.resolver_name"),
+            "a custom resolver",
+        );
     }
     let port = match &sa.port_specifier {
         Some(socket_address::PortSpecifier::PortValue(v)) => *v,
@@ -116,7 +128,10 @@ pub(crate) fn socket_address(p: &mut Problems, path: &str, a: &Option<Address>) 
         None => 0,
     };
     if sa.address.is_empty() {
-        p.add(format!("{path}.socket_address.address"), "must not be empty");
+        p.add(
+            format!("{path}.socket_address.address"),
+            "must not be empty",
+        );
         return None;
     }
     // IPv6 literals need brackets in `ip:port`.
@@ -146,7 +161,10 @@ pub(crate) fn data_source_file(
             write_inline(p, path, s.as_bytes(), runtime_dir)
         }
         Some(data_source::Specifier::EnvironmentVariable(_)) => {
-            p.unsupported(format!("{path}.environment_variable"), "a data source from the environment");
+            p.unsupported(
+                format!("{path}.environment_variable"),
+                "a data source from the environment",
+            );
             None
         }
         None => {
@@ -179,7 +197,10 @@ fn write_inline(
     match write() {
         Ok(()) => Some(file.display().to_string()),
         Err(e) => {
-            p.add(path, format!("cannot write inline data to {}: {e}", file.display()));
+            p.add(
+                path,
+                format!("cannot write inline data to {}: {e}", file.display()),
+            );
             None
         }
     }

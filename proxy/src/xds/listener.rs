@@ -6,6 +6,10 @@
 //! router) or `envoy.filters.network.tcp_proxy`. Anything that would pick a
 //! chain or add behaviour in front of the terminal filter is rejected.
 
+// Envoy deprecates fields that control planes still send (header `append`,
+// `exact_match`, `http2_protocol_options`); reading them is the point.
+#![allow(deprecated)]
+
 use std::path::Path;
 
 use envoy_types::pb::envoy::config::core::v3::{config_source, transport_socket, ConfigSource};
@@ -128,6 +132,9 @@ fn listener(p: &mut Problems, l: &Listener, runtime_dir: &Path) -> Option<XdsLis
             request_headers_timeout: None,
             max_request_headers_kb: None,
             max_request_headers_count: None,
+            // Envoy HTTP filters other than the router are rejected until
+            // their typed configs are translated (see the HCM below).
+            http_filters: Vec::new(),
         },
         inline_route: None,
         rds: None,
@@ -189,7 +196,10 @@ fn filter_chain(
     } else {
         p.add(
             fpath,
-            format!("unsupported network filter {:?} ({})", filter.name, any.type_url),
+            format!(
+                "unsupported network filter {:?} ({})",
+                filter.name, any.type_url
+            ),
         );
     }
 }
@@ -247,7 +257,10 @@ fn http_connection_manager(
         } else if f.disabled || f.is_optional {
             // Envoy itself skips a disabled or optional filter it does not
             // know; so do we.
-            ignored("http_connection_manager", &format!("http_filters({})", f.name));
+            ignored(
+                "http_connection_manager",
+                &format!("http_filters({})", f.name),
+            );
         } else {
             p.add(fpath, format!("unsupported HTTP filter {:?}", f.name));
         }
@@ -265,7 +278,10 @@ fn http_connection_manager(
             opt_duration(p, &format!("{cpath}.idle_timeout"), &common.idle_timeout);
         out.listener.max_request_headers_count = common.max_headers_count.as_ref().map(|v| v.value);
         if common.max_connection_duration.is_some() {
-            ignored("http_connection_manager", "common_http_protocol_options.max_connection_duration");
+            ignored(
+                "http_connection_manager",
+                "common_http_protocol_options.max_connection_duration",
+            );
         }
         if common.headers_with_underscores_action != 0 {
             p.unsupported(
@@ -303,14 +319,16 @@ fn tcp_proxy(p: &mut Problems, path: &str, tcp: &TcpProxy, out: &mut XdsListener
         Some(tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => {
             out.listener.cluster = Some(c.clone())
         }
-        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => p.unsupported(
-            format!("{path}.weighted_clusters"),
-            "a weighted TCP proxy",
-        ),
+        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
+            p.unsupported(format!("{path}.weighted_clusters"), "a weighted TCP proxy")
+        }
         _ => p.add(format!("{path}.cluster"), "must name a cluster"),
     }
     if tcp.tunneling_config.is_some() {
-        p.unsupported(format!("{path}.tunneling_config"), "TCP tunneling over HTTP");
+        p.unsupported(
+            format!("{path}.tunneling_config"),
+            "TCP tunneling over HTTP",
+        );
     }
     if tcp.metadata_match.is_some() {
         p.unsupported(format!("{path}.metadata_match"), "subset load balancing");
@@ -330,13 +348,23 @@ fn downstream_tls(
     runtime_dir: &Path,
 ) -> Option<ListenerTls> {
     let Some(transport_socket::ConfigType::TypedConfig(any)) = ct else {
-        p.add(format!("{path}.typed_config"), "a DownstreamTlsContext is required");
+        p.add(
+            format!("{path}.typed_config"),
+            "a DownstreamTlsContext is required",
+        );
         return None;
     };
     let tpath = format!("{path}.typed_config");
     let ctx: DownstreamTlsContext = decode_any(p, &tpath, any)?;
-    if ctx.require_client_certificate.as_ref().is_some_and(|b| b.value) {
-        p.unsupported(format!("{tpath}.require_client_certificate"), "client certificates (mTLS)");
+    if ctx
+        .require_client_certificate
+        .as_ref()
+        .is_some_and(|b| b.value)
+    {
+        p.unsupported(
+            format!("{tpath}.require_client_certificate"),
+            "client certificates (mTLS)",
+        );
     }
     if ctx.require_sni.as_ref().is_some_and(|b| b.value) {
         p.unsupported(format!("{tpath}.require_sni"), "require_sni");
@@ -364,7 +392,10 @@ fn downstream_tls(
     let cert = match common.tls_certificates.as_slice() {
         [only] => only,
         [] => {
-            p.add(format!("{cpath}.tls_certificates"), "one certificate is required");
+            p.add(
+                format!("{cpath}.tls_certificates"),
+                "one certificate is required",
+            );
             return None;
         }
         _ => {

@@ -15,12 +15,31 @@
 //! 64 KiB are kept for the echo), so a GiB upload costs no memory. An
 //! HTTP/1.1 request carrying `Upgrade` is answered `101` and the upgraded
 //! connection echoes raw bytes back.
+//!
+//! The backend is also programmable, for resilience tests (see
+//! [`Behavior`]):
+//! - per request, with the header `x-test-behavior: DIRECTIVES`, where
+//!   DIRECTIVES is a `;`-separated list of `status=503`, `delay=300ms`
+//!   (`ms`, `s`, or bare milliseconds), `reset` (close the connection /
+//!   reset the stream without answering) and `hang` (never answer); a
+//!   directive prefixed `NAME:` applies only on the backend named NAME
+//!   (`x-test-behavior: a:status=503` fails on `a` only);
+//! - per backend, at run time: a standing behaviour
+//!   ([`Backend::set_behavior`]), one-shot behaviours for the next N
+//!   requests ([`Backend::fail_next`]), the health endpoint's answer
+//!   ([`Backend::set_healthy`]), and refusing connections altogether
+//!   ([`Backend::refuse`] closes the listening socket and every open
+//!   connection; [`Backend::resume`] listens on the same port again).
+//!
+//! Health-check probes (`user-agent: Ferry/HC`) are answered 200, or 503
+//! when the backend is set unhealthy, after the standing behaviour; they
+//! are counted apart ([`Backend::hc_requests`]) and never in
+//! [`Backend::requests`], so a test can count the traffic an endpoint got.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,12 +51,145 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::body::{full, generated, Body};
 
 /// Bytes of a request body kept for the echo.
 const ECHO_BODY_MAX: usize = 64 * 1024;
+
+/// The request header that steers one request (see the module docs).
+pub const BEHAVIOR_HEADER: &str = "x-test-behavior";
+
+/// How long `hang` holds a request at most, so no task outlives a test by
+/// much even if nobody closes the connection.
+const HANG_CAP: Duration = Duration::from_secs(120);
+
+/// The error a `reset` answer gives hyper: it then closes the HTTP/1.1
+/// connection, or resets the HTTP/2 stream, without a response.
+#[derive(Debug)]
+struct Reset;
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("x-test-behavior: reset")
+    }
+}
+
+impl std::error::Error for Reset {}
+
+/// What a backend does with a request before (or instead of) answering it:
+/// wait `delay`, then hang, reset, or answer with `status`. The default
+/// answers normally. Fields set in a per-request `x-test-behavior` header
+/// override the backend's one-shot and standing behaviours.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Behavior {
+    /// Answer with this status instead of the one asked by the query.
+    pub status: Option<u16>,
+    /// Wait this long first.
+    pub delay: Option<Duration>,
+    /// Close the connection (HTTP/1.1) or reset the stream (HTTP/2)
+    /// without answering.
+    pub reset: bool,
+    /// Never answer (until the connection closes or two minutes pass).
+    pub hang: bool,
+}
+
+impl Behavior {
+    /// Answer normally.
+    pub fn ok() -> Behavior {
+        Behavior::default()
+    }
+
+    pub fn status(status: u16) -> Behavior {
+        Behavior {
+            status: Some(status),
+            ..Behavior::default()
+        }
+    }
+
+    pub fn delay(delay: Duration) -> Behavior {
+        Behavior {
+            delay: Some(delay),
+            ..Behavior::default()
+        }
+    }
+
+    pub fn reset() -> Behavior {
+        Behavior {
+            reset: true,
+            ..Behavior::default()
+        }
+    }
+
+    pub fn hang() -> Behavior {
+        Behavior {
+            hang: true,
+            ..Behavior::default()
+        }
+    }
+
+    /// This behaviour, after waiting `delay` first.
+    pub fn after(mut self, delay: Duration) -> Behavior {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// `other`'s set fields override `self`'s.
+    fn overlay(mut self, other: &Behavior) -> Behavior {
+        if other.status.is_some() {
+            self.status = other.status;
+        }
+        if other.delay.is_some() {
+            self.delay = other.delay;
+        }
+        self.reset |= other.reset;
+        self.hang |= other.hang;
+        self
+    }
+
+    /// Parses an `x-test-behavior` value for the backend named `me`;
+    /// unknown directives are ignored (a test that mistypes one sees the
+    /// normal answer and fails on its own assertion).
+    pub fn parse(value: &str, me: &str) -> Behavior {
+        let mut b = Behavior::default();
+        for d in value.split(';').map(str::trim).filter(|d| !d.is_empty()) {
+            let d = match d.split_once(':') {
+                Some((who, rest)) if !who.contains('=') => {
+                    if who.trim() != me {
+                        continue;
+                    }
+                    rest.trim()
+                }
+                _ => d,
+            };
+            match d.split_once('=') {
+                Some(("status", v)) => b.status = v.trim().parse().ok(),
+                Some(("delay", v)) => b.delay = parse_duration(v.trim()),
+                None if d == "reset" => b.reset = true,
+                None if d == "hang" => b.hang = true,
+                _ => {}
+            }
+        }
+        b
+    }
+}
+
+/// `300ms`, `1.5s`, `300` (milliseconds).
+fn parse_duration(v: &str) -> Option<Duration> {
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms.parse::<u64>().ok().map(Duration::from_millis);
+    }
+    if let Some(s) = v.strip_suffix('s') {
+        return s
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+    }
+    v.parse::<u64>().ok().map(Duration::from_millis)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -58,15 +210,46 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     state: Arc<State>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    mode: Mode,
+    accept: Mutex<Option<AcceptLoop>>,
+}
+
+/// The accept loop and the switch that ends it and every connection it
+/// accepted.
+struct AcceptLoop {
     task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
 }
 
 struct State {
     name: String,
     requests: AtomicU64,
+    hc_requests: AtomicU64,
     in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
     connections: AtomicU64,
     delay_ms: AtomicU64,
+    healthy: AtomicBool,
+    behavior: Mutex<Behavior>,
+    /// One-shot behaviours, the next request takes the first.
+    next: Mutex<std::collections::VecDeque<Behavior>>,
+}
+
+impl State {
+    fn standing(&self) -> Behavior {
+        self.behavior
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn take_next(&self) -> Option<Behavior> {
+        self.next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
 }
 
 /// What the backend knows about one downstream connection.
@@ -114,23 +297,52 @@ impl BackendBuilder {
         let state = Arc::new(State {
             name: self.name.clone(),
             requests: AtomicU64::new(0),
+            hc_requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             delay_ms: AtomicU64::new(u64::try_from(self.delay.as_millis()).unwrap_or(u64::MAX)),
+            healthy: AtomicBool::new(true),
+            behavior: Mutex::new(Behavior::default()),
+            next: Mutex::new(std::collections::VecDeque::new()),
         });
         let acceptor = self.tls.map(tokio_rustls::TlsAcceptor::from);
-        let mode = self.mode;
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, peer)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                st.connections.fetch_add(1, Ordering::Relaxed);
-                let st = st.clone();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
+        let accept = spawn_accept(listener, state.clone(), acceptor.clone(), self.mode);
+        Backend {
+            name: self.name,
+            addr,
+            state,
+            acceptor,
+            mode: self.mode,
+            accept: Mutex::new(Some(accept)),
+        }
+    }
+}
+
+/// Accepts until `stop` turns true; every connection ends then too.
+fn spawn_accept(
+    listener: TcpListener,
+    st: Arc<State>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    mode: Mode,
+) -> AcceptLoop {
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            let Ok((tcp, peer)) = accepted else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            st.connections.fetch_add(1, Ordering::Relaxed);
+            let st = st.clone();
+            let acceptor = acceptor.clone();
+            let mut conn_stop = stopped.clone();
+            tokio::spawn(async move {
+                let conn = async move {
                     match acceptor {
                         None => {
                             let info = ConnInfo {
@@ -155,16 +367,15 @@ impl BackendBuilder {
                             serve(st, info, mode, tls).await;
                         }
                     }
-                });
-            }
-        });
-        Backend {
-            name: self.name,
-            addr,
-            state,
-            task,
+                };
+                tokio::select! {
+                    _ = conn => {}
+                    _ = conn_stop.wait_for(|s| *s) => {}
+                }
+            });
         }
-    }
+    });
+    AcceptLoop { task, stop }
 }
 
 async fn serve<IO>(state: Arc<State>, info: ConnInfo, mode: Mode, io: IO)
@@ -206,9 +417,75 @@ impl Backend {
         self.addr.to_string()
     }
 
-    /// Requests received so far (counted when the head arrives).
+    /// Requests received so far (counted when the head arrives), health
+    /// check probes excepted.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Health-check probes (`user-agent: Ferry/HC`) received so far.
+    pub fn hc_requests(&self) -> u64 {
+        self.state.hc_requests.load(Ordering::SeqCst)
+    }
+
+    /// The most requests (probes excepted) this backend held at once.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.state.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Sets what every request gets from now on (one-shot behaviours and
+    /// the request's own header come first).
+    pub fn set_behavior(&self, b: Behavior) {
+        *self
+            .state
+            .behavior
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = b;
+    }
+
+    /// The next `n` requests (probes excepted) get `b`, then the standing
+    /// behaviour applies again.
+    pub fn fail_next(&self, n: usize, b: Behavior) {
+        let mut q = self.state.next.lock().unwrap_or_else(|e| e.into_inner());
+        q.extend(std::iter::repeat_n(b, n));
+    }
+
+    /// Health-check probes get 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Stops listening and closes every open connection: from now on a
+    /// connect to [`Backend::addr`] is refused. Idempotent.
+    pub async fn refuse(&self) {
+        let accept = self.accept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(a) = accept {
+            let _ = a.stop.send(true);
+            // The listening socket is closed when the loop returns.
+            let _ = a.task.await;
+        }
+    }
+
+    /// Listens on the same address again after [`Backend::refuse`].
+    pub async fn resume(&self) {
+        if self
+            .accept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("re-bind backend {} on {}: {e}", self.name, self.addr));
+        let accept = spawn_accept(
+            listener,
+            self.state.clone(),
+            self.acceptor.clone(),
+            self.mode,
+        );
+        *self.accept.lock().unwrap_or_else(|e| e.into_inner()) = Some(accept);
     }
 
     /// Requests received and not yet answered.
@@ -235,7 +512,11 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        let accept = self.accept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(a) = accept {
+            let _ = a.stop.send(true);
+            a.task.abort();
+        }
     }
 }
 
@@ -247,14 +528,65 @@ impl Drop for InFlight {
     }
 }
 
+type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Carries out `b`'s delay, hang and reset; `Err` means reset.
+async fn act(b: &Behavior) -> Result<(), HandlerError> {
+    if let Some(d) = b.delay.filter(|d| !d.is_zero()) {
+        tokio::time::sleep(d).await;
+    }
+    if b.hang {
+        tokio::time::sleep(HANG_CAP).await;
+    }
+    if b.reset {
+        return Err(Box::new(Reset));
+    }
+    Ok(())
+}
+
 async fn handle(
     state: Arc<State>,
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, HandlerError> {
+    let asked = req
+        .headers()
+        .get(BEHAVIOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| Behavior::parse(v, &state.name))
+        .unwrap_or_default();
+    let probe = req
+        .headers()
+        .get(header::USER_AGENT)
+        .is_some_and(|v| v.as_bytes().starts_with(b"Ferry/HC"));
+    if probe {
+        state.hc_requests.fetch_add(1, Ordering::SeqCst);
+        let b = state.standing().overlay(&asked);
+        act(&b).await?;
+        let status = match (state.healthy.load(Ordering::SeqCst), b.status) {
+            (false, _) => StatusCode::SERVICE_UNAVAILABLE,
+            (true, Some(s)) => StatusCode::from_u16(s).unwrap_or(StatusCode::OK),
+            (true, None) => StatusCode::OK,
+        };
+        let mut r = Response::new(full(format!("{} {}\n", state.name, status.as_u16())));
+        *r.status_mut() = status;
+        if let Ok(v) = HeaderValue::from_str(&state.name) {
+            r.headers_mut().insert("x-backend", v);
+        }
+        return Ok(r);
+    }
+
     state.requests.fetch_add(1, Ordering::SeqCst);
-    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
     let _guard = InFlight(state.clone());
+
+    let standing = state.standing();
+    let behavior = match state.take_next() {
+        Some(once) => standing.overlay(&once),
+        None => standing,
+    }
+    .overlay(&asked);
 
     let query = parse_query(req.uri().query().unwrap_or(""));
     let param = |k: &str| {
@@ -290,6 +622,7 @@ async fn handle(
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
+    act(&behavior).await?;
 
     // Count the body frame by frame; keep only a prefix for the echo.
     let mut body = req.into_body();
@@ -320,8 +653,9 @@ async fn handle(
         }
     }
 
-    let status = param("status")
-        .and_then(|v| v.parse::<u16>().ok())
+    let status = behavior
+        .status
+        .or_else(|| param("status").and_then(|v| v.parse::<u16>().ok()))
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
 

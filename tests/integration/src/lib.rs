@@ -20,7 +20,7 @@ mod ports;
 mod proxy;
 mod stats;
 
-pub use backend::{Backend, BackendBuilder, GrpcHealth, TcpEcho};
+pub use backend::{Backend, BackendBuilder, Behavior, GrpcHealth, TcpEcho, BEHAVIOR_HEADER};
 pub use body::{empty, full, generated, Body, CHUNK};
 pub use client::{
     grpc_health_client, is_uuid_v4, raw_exchange, raw_read_head, Client, Echo, Resp, TlsClient,

@@ -150,6 +150,47 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("/config_dump is not JSON ({e}): {}", resp.text()))
     }
 
+    /// `/clusters?format=json`.
+    pub async fn clusters_json(&self) -> serde_json::Value {
+        let resp = self.admin_get("/clusters?format=json").await;
+        assert_eq!(resp.status, 200, "/clusters: {}", resp.text());
+        serde_json::from_slice(&resp.body)
+            .unwrap_or_else(|e| panic!("/clusters?format=json is not JSON ({e}): {}", resp.text()))
+    }
+
+    /// One cluster's entry in `/clusters?format=json`; panics when absent.
+    pub async fn cluster_view(&self, cluster: &str) -> serde_json::Value {
+        let all = self.clusters_json().await;
+        all["clusters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == cluster))
+            .cloned()
+            .unwrap_or_else(|| panic!("cluster {cluster:?} not in /clusters: {all}"))
+    }
+
+    /// One endpoint's entry in `/clusters?format=json` (fields `health`,
+    /// `ejected_until_unix_ms`, `times_ejected`, `consecutive_5xx`,
+    /// `rq_total`, ...); panics when absent.
+    pub async fn endpoint_view(&self, cluster: &str, addr: SocketAddr) -> serde_json::Value {
+        let c = self.cluster_view(cluster).await;
+        let want = addr.to_string();
+        c["endpoints"]
+            .as_array()
+            .and_then(|es| es.iter().find(|e| e["address"] == want.as_str()))
+            .cloned()
+            .unwrap_or_else(|| panic!("endpoint {want} not in cluster {cluster}: {c}"))
+    }
+
+    /// An endpoint's health flags: `healthy`, `/failed_active_hc`,
+    /// `/failed_outlier_check`, or both.
+    pub async fn endpoint_health(&self, cluster: &str, addr: SocketAddr) -> String {
+        let e = self.endpoint_view(cluster, addr).await;
+        e["health"]
+            .as_str()
+            .unwrap_or_else(|| panic!("endpoint {addr} has no string `health`: {e}"))
+            .to_string()
+    }
+
     /// `(ok, failed)` of `ferry_config_reload_total`.
     pub async fn reload_counts(&self) -> (f64, f64) {
         let s = self.stats().await;

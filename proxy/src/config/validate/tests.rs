@@ -921,3 +921,120 @@ fn each_resilience_rule_reports_its_path() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// === Serving roles: queue and activation ===
+
+/// A config with one queue cluster (index 0) and one activation cluster
+/// (index 1).
+fn serving() -> Bootstrap {
+    parse_yaml(
+        r#"
+clusters:
+- name: app
+  endpoints: [{address: "127.0.0.1:8081"}]
+  queue:
+    revision: hello-00001
+    container_concurrency: 1
+    max_queue_depth: 5
+    queue_timeout: 2s
+    readiness_probe: {path: /healthz, initial_interval: 50ms, period: 1s, timeout: 1s, failure_threshold: 3}
+- name: hello-00002
+  activation: {namespace: prod, hold_timeout: 30s, max_held: 100}
+"#,
+    )
+    .expect("serving parses")
+}
+
+fn queue_of(b: &mut Bootstrap) -> &mut crate::config::QueueConfig {
+    b.clusters[0].queue.as_mut().expect("a queue block")
+}
+
+fn probe_of(b: &mut Bootstrap) -> &mut crate::config::ReadinessProbe {
+    queue_of(b)
+        .readiness_probe
+        .as_mut()
+        .expect("a readiness probe")
+}
+
+fn activation_of(b: &mut Bootstrap) -> &mut crate::config::ActivationConfig {
+    b.clusters[1]
+        .activation
+        .as_mut()
+        .expect("an activation block")
+}
+
+#[rustfmt::skip]
+fn serving_cases() -> Vec<Case> {
+    vec![
+        case("clusters[0].activation", "not both",
+            |b| b.clusters[0].activation = Some(Default::default())),
+        case("clusters[0].endpoints", "at least one endpoint",
+            |b| b.clusters[0].endpoints.clear()),
+        case("clusters[0].queue.namespace", "must not be empty", |b| queue_of(b).namespace.clear()),
+        case("clusters[0].queue.max_queue_depth", "needs container_concurrency > 0",
+            |b| queue_of(b).container_concurrency = 0),
+        case("clusters[0].queue.queue_timeout", "must be greater than 0",
+            |b| queue_of(b).queue_timeout = Some(Dur(Duration::ZERO))),
+        case("clusters[0].queue.readiness_probe.path", "must start with '/'",
+            |b| probe_of(b).path = Some("healthz".into())),
+        case("clusters[0].queue.readiness_probe.path", "must start with '/'",
+            |b| probe_of(b).path = Some("/a b".into())),
+        case("clusters[0].queue.readiness_probe.initial_interval", "must be greater than 0",
+            |b| probe_of(b).initial_interval = Some(Dur(Duration::ZERO))),
+        case("clusters[0].queue.readiness_probe.period", "must be greater than 0",
+            |b| probe_of(b).period = Some(Dur(Duration::ZERO))),
+        case("clusters[0].queue.readiness_probe.timeout", "must be greater than 0",
+            |b| probe_of(b).timeout = Some(Dur(Duration::ZERO))),
+        case("clusters[0].queue.readiness_probe.failure_threshold", "must be at least 1",
+            |b| probe_of(b).failure_threshold = Some(0)),
+        case("clusters[1].activation.namespace", "must not be empty",
+            |b| activation_of(b).namespace.clear()),
+        case("clusters[1].activation.hold_timeout", "must be greater than 0",
+            |b| activation_of(b).hold_timeout = Some(Dur(Duration::ZERO))),
+        case("clusters[1].activation.max_held", "must be at least 1",
+            |b| activation_of(b).max_held = Some(0)),
+    ]
+}
+
+#[test]
+fn serving_config_passes_and_defaults_apply() {
+    let b = serving();
+    assert_eq!(errors_of(&b), Vec::new());
+    let a = b.clusters[1].activation.as_ref().expect("activation");
+    assert_eq!(a.namespace, "prod");
+    let minimal = parse_yaml(
+        "clusters:\n- name: app\n  endpoints: [{address: \"127.0.0.1:1\"}]\n  queue: {}\n",
+    )
+    .expect("a minimal queue block parses");
+    let q = minimal.clusters[0].queue.as_ref().expect("queue");
+    assert_eq!(q.namespace, "default");
+    assert_eq!(q.container_concurrency, 0);
+    assert_eq!(errors_of(&minimal), Vec::new());
+}
+
+#[test]
+fn unknown_serving_fields_are_rejected() {
+    let err = parse_yaml(
+        "clusters:\n- name: app\n  endpoints: [{address: \"127.0.0.1:1\"}]\n  queue: {concurrency: 1}\n",
+    )
+    .expect_err("a misspelt field is an error");
+    assert!(err.to_string().contains("clusters[0].queue"), "{err}");
+}
+
+#[test]
+fn each_serving_rule_reports_its_path() {
+    let mut failures = Vec::new();
+    for (i, c) in serving_cases().into_iter().enumerate() {
+        let mut b = serving();
+        (c.mutate)(&mut b);
+        let errs = errors_of(&b);
+        let ok = errs.len() == 1 && errs[0].path == c.path && errs[0].reason.contains(c.reason);
+        if !ok {
+            failures.push(format!(
+                "case {i} (expected `{}: ...{}...`): got {errs:#?}",
+                c.path, c.reason
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,8 @@
+//! Table-driven translation tests over proto fixtures, one file per
+//! resource type, plus the warming and assembly rules of `state`.
+
+mod cluster;
+mod fixtures;
+mod listener;
+mod route;
+mod state;

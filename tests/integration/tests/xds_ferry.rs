@@ -1,0 +1,304 @@
+//! `ferry-proxy` configured by `ferry-control` over ADS, in state-of-the-
+//! world and delta mode: the same resources Envoy gets (`xds_envoy.rs`) are
+//! accepted and ACKed, traffic splits 80/20, a push to 0/100 takes effect, a
+//! route regex that does not compile is NACKed (visible in
+//! `GET /v1/xds/nodes`) while the previous config keeps serving, killing the
+//! control plane under load fails no request, and a restarted control plane
+//! is reconnected to and its next push applied. With `--xds-cache`, a proxy
+//! restarted while the control plane is down serves from the cache.
+//!
+//! The proxy runs with `--xds URL --node-id ID --node-cluster NAME
+//! [--xds-delta] [--xds-cache DIR]`, its `--config` file holding the static
+//! part of the bootstrap.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ferry_integration_tests::{
+    binary_path, five_sigma, free_addr, free_port, tally, wait_until, Backend, Client, Proxy,
+    TestDir,
+};
+
+const N: usize = 1000;
+/// File poll (1 s) + debounce + the proxy's apply, with room for slow CI.
+const PUSH_CAP: Duration = Duration::from_secs(20);
+
+/// Same shape as `xds_envoy.rs`: a listener on `port` whose route `/`
+/// splits between `first` and `second`.
+fn snapshot(port: u16, a: &Backend, b: &Backend, weights: (u32, u32), bad_regex: bool) -> String {
+    let bad = if bad_regex {
+        "          - {regex: \"([\", cluster: first}\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"listeners:
+  - {{name: web, address: 127.0.0.1, port: {port}, route_config: web_routes}}
+routes:
+  - name: web_routes
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+{bad}          - prefix: ""
+            weighted_clusters: [{{name: first, weight: {wa}}}, {{name: second, weight: {wb}}}]
+            timeout: 10s
+clusters:
+  - {{name: first, connect_timeout: 1s, endpoints: [{{address: "{a_ip}", port: {a_port}}}]}}
+  - {{name: second, connect_timeout: 1s, endpoints: [{{address: "{b_ip}", port: {b_port}}}]}}
+"#,
+        wa = weights.0,
+        wb = weights.1,
+        a_ip = a.addr.ip(),
+        a_port = a.addr.port(),
+        b_ip = b.addr.ip(),
+        b_port = b.addr.port(),
+    )
+}
+
+/// `ferry-control serve` on fixed addresses, so a test can kill it and
+/// start it again where the proxy keeps reconnecting.
+struct Control {
+    child: Option<Child>,
+    xds: SocketAddr,
+    api: SocketAddr,
+    dir: TestDir,
+    http: Client,
+}
+
+impl Control {
+    async fn start(snapshot: &str) -> Control {
+        let mut c = Control {
+            child: None,
+            xds: free_addr(),
+            api: free_addr(),
+            dir: TestDir::new("control"),
+            http: Client::h1_no_pool(),
+        };
+        c.dir.write("snapshot.yaml", snapshot);
+        c.restart().await;
+        c
+    }
+
+    async fn restart(&mut self) {
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join(name))
+                .expect("control log")
+        };
+        let child = Command::new(binary_path("ferry-control"))
+            .arg("serve")
+            .arg("--xds-snapshot")
+            .arg(self.dir.path().join("snapshot.yaml"))
+            .arg("--xds-listen")
+            .arg(self.xds.to_string())
+            .arg("--api-listen")
+            .arg(self.api.to_string())
+            .env("RUST_LOG", "info,ferry_control_plane=debug")
+            .stdin(Stdio::null())
+            .stdout(log("stdout.log"))
+            .stderr(log("stderr.log"))
+            .spawn()
+            .expect("spawn ferry-control");
+        self.child = Some(child);
+        let url = format!("http://{}/healthz", self.api);
+        wait_until(
+            "ferry-control answers /healthz",
+            Duration::from_secs(10),
+            async || matches!(self.http.get(&url).await, Ok(r) if r.status == 200),
+        )
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn write_snapshot(&self, yaml: &str) {
+        self.dir.write("snapshot.yaml", yaml);
+    }
+
+    async fn node(&self, id: &str) -> Option<serde_json::Value> {
+        let url = format!("http://{}/v1/xds/nodes", self.api);
+        let r = self.http.get(&url).await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+        let list = v
+            .as_array()
+            .cloned()
+            .or_else(|| v["nodes"].as_array().cloned())?;
+        list.into_iter()
+            .find(|n| n["id"] == id || n["node_id"] == id)
+    }
+
+    async fn wait_acked(&self, id: &str, ty: &str) {
+        wait_until(&format!("{id} ACKs its {ty}"), PUSH_CAP, async || {
+            let Some(n) = self.node(id).await else {
+                return false;
+            };
+            let t = &n["types"][ty];
+            t["state"] == "acked" && t["version_sent"] == t["version_acked"]
+        })
+        .await;
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let read =
+                |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+            eprintln!("--- ferry-control stderr ---\n{}", read("stderr.log"));
+        }
+    }
+}
+
+fn assert_share(counts: &BTreeMap<String, usize>, n: usize, name: &str, p: f64) {
+    let got = counts.get(name).copied().unwrap_or(0) as f64;
+    let want = n as f64 * p;
+    let tol = five_sigma(n, p);
+    assert!(
+        (got - want).abs() <= tol,
+        "{name}: {got} of {n} requests, expected {want} ± {tol:.0} (5σ); all: {counts:?}"
+    );
+}
+
+fn xds_args<'a>(cp: &'a str, node: &'a str, delta: bool) -> Vec<&'a str> {
+    let mut args = vec!["--xds", cp, "--node-id", node, "--node-cluster", "test"];
+    if delta {
+        args.push("--xds-delta");
+    }
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_over_sotw_ads() {
+    scenario(false, "sotw").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_over_delta_ads() {
+    scenario(true, "delta").await;
+}
+
+async fn scenario(delta: bool, mode: &str) {
+    let a = Backend::start("first").await;
+    let b = Backend::start("second").await;
+    let port = free_port();
+    let mut cp = Control::start(&snapshot(port, &a, &b, (80, 20), false)).await;
+    let node = format!("ferry-{mode}");
+    let server = format!("http://{}", cp.xds);
+    // The static part of the bootstrap: nothing but the defaults.
+    let _proxy = Proxy::start_with("{}\n", &xds_args(&server, &node, delta)).await;
+
+    for ty in ["cds", "eds", "lds", "rds"] {
+        cp.wait_acked(&node, ty).await;
+    }
+    let n = cp.node(&node).await.unwrap_or_default();
+    assert_eq!(n["mode"], mode, "{n:#}");
+    assert!(n["last_nack"].is_null(), "{n:#}");
+
+    let url = format!("http://127.0.0.1:{port}/");
+    let client = Client::h1();
+    wait_until(
+        "the xDS listener answers 200",
+        PUSH_CAP,
+        async || matches!(client.get(&url).await, Ok(r) if r.status == 200),
+    )
+    .await;
+    let counts = tally(&client, &url, N, 8).await;
+    assert_share(&counts, N, "first", 0.8);
+    assert_share(&counts, N, "second", 0.2);
+
+    // A push to 0/100 takes effect.
+    cp.write_snapshot(&snapshot(port, &a, &b, (0, 100), false));
+    wait_until("every request goes to second", PUSH_CAP, async || {
+        tally(&client, &url, 20, 4).await.get("second") == Some(&20)
+    })
+    .await;
+
+    // A regex that does not compile: NACKed, named, and the previous config
+    // keeps serving.
+    cp.write_snapshot(&snapshot(port, &a, &b, (0, 100), true));
+    wait_until("the NACK shows in /v1/xds/nodes", PUSH_CAP, async || {
+        cp.node(&node)
+            .await
+            .is_some_and(|n| n["last_nack"]["type"] == "rds")
+    })
+    .await;
+    let n = cp.node(&node).await.unwrap_or_default();
+    let message = n["last_nack"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("web_routes") && message.contains("regex"),
+        "NACK message: {n:#}"
+    );
+    let counts = tally(&client, &url, 100, 4).await;
+    assert_eq!(counts.get("second"), Some(&100), "{counts:?}");
+
+    // Kill the control plane under load: nothing fails.
+    cp.write_snapshot(&snapshot(port, &a, &b, (0, 100), false));
+    cp.wait_acked(&node, "rds").await;
+    let load = {
+        let client = client.clone();
+        let url = url.clone();
+        tokio::spawn(async move { tally(&client, &url, 2000, 8).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cp.kill();
+    let counts = load.await.expect("load");
+    assert_eq!(counts.values().sum::<usize>(), 2000, "{counts:?}");
+
+    // Restart it with a new split: the proxy reconnects and applies it.
+    cp.write_snapshot(&snapshot(port, &a, &b, (100, 0), false));
+    cp.restart().await;
+    wait_until(
+        "every request goes to first after the restart",
+        PUSH_CAP,
+        async || tally(&client, &url, 20, 4).await.get("first") == Some(&20),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_serves_when_the_control_plane_is_down_at_start() {
+    let a = Backend::start("first").await;
+    let b = Backend::start("second").await;
+    let port = free_port();
+    let mut cp = Control::start(&snapshot(port, &a, &b, (100, 0), false)).await;
+    let cache = TestDir::new("xds-cache");
+    let cache_dir = cache.path().display().to_string();
+    let server = format!("http://{}", cp.xds);
+    let mut args = xds_args(&server, "ferry-cache", false);
+    args.extend(["--xds-cache", cache_dir.as_str()]);
+
+    let url = format!("http://127.0.0.1:{port}/");
+    let client = Client::h1();
+    {
+        let _proxy = Proxy::start_with("{}\n", &args).await;
+        wait_until(
+            "the xDS listener answers 200",
+            PUSH_CAP,
+            async || matches!(client.get(&url).await, Ok(r) if r.status == 200),
+        )
+        .await;
+        cp.wait_acked("ferry-cache", "rds").await;
+    }
+    cp.kill();
+    // A fresh proxy with the control plane gone serves the cached config.
+    let _proxy = Proxy::start_with("{}\n", &args).await;
+    wait_until(
+        "the cached listener answers 200",
+        PUSH_CAP,
+        async || matches!(client.get(&url).await, Ok(r) if r.status == 200),
+    )
+    .await;
+    let counts = tally(&client, &url, 50, 4).await;
+    assert_eq!(counts.get("first"), Some(&50), "{counts:?}");
+}
