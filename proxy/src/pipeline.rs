@@ -57,6 +57,28 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     pub tls: bool,
     pub active: Arc<arc_swap::ArcSwap<Active>>,
+    /// The peer's address as an `x-forwarded-for` value, formatted once per
+    /// connection rather than per request.
+    pub peer_ip_value: HeaderValue,
+}
+
+impl ConnCtx {
+    pub fn new(
+        listener: Arc<str>,
+        peer: SocketAddr,
+        tls: bool,
+        active: Arc<arc_swap::ArcSwap<Active>>,
+    ) -> Self {
+        let peer_ip_value = HeaderValue::from_maybe_shared(Bytes::from(peer.ip().to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnCtx {
+            listener,
+            peer,
+            tls,
+            active,
+            peer_ip_value,
+        }
+    }
 }
 
 /// What the access log and the response phase need that only the forward
@@ -598,18 +620,18 @@ fn prepare_upstream_head(
     // when the body is first read, i.e. once the upstream is connected).
     headers.remove(header::EXPECT);
 
-    let ip = conn.peer.ip();
+    let ip = conn.peer_ip_value.as_bytes();
     let xff = match headers.get(&X_FORWARDED_FOR) {
         Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 41);
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
             v.extend_from_slice(prev.as_bytes());
             v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.to_string().as_bytes());
+            v.extend_from_slice(ip);
             HeaderValue::from_maybe_shared(Bytes::from(v))
+                .map_err(|e| ProxyError::with_cause(ErrorKind::BadRequest, e))?
         }
-        None => HeaderValue::from_maybe_shared(Bytes::from(ip.to_string())),
-    }
-    .map_err(|e| ProxyError::with_cause(ErrorKind::BadRequest, e))?;
+        None => conn.peer_ip_value.clone(),
+    };
     headers.insert(X_FORWARDED_FOR, xff);
     headers.insert(
         X_FORWARDED_PROTO,

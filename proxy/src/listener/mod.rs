@@ -303,12 +303,12 @@ async fn serve_conn(
     match rt.protocol {
         ListenerProtocol::Tcp => tcp::proxy(stream, &rt, &shared, stop).await,
         ListenerProtocol::Http => {
-            let ctx = Arc::new(ConnCtx {
-                listener: rt.name.clone(),
+            let ctx = Arc::new(ConnCtx::new(
+                rt.name.clone(),
                 peer,
-                tls: rt.tls.is_some(),
-                active: shared.active.clone(),
-            });
+                rt.tls.is_some(),
+                shared.active.clone(),
+            ));
             match &rt.tls {
                 None => crate::http::server::serve(stream, ctx, &rt, stop).await,
                 Some(acceptor) => {
