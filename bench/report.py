@@ -38,6 +38,7 @@ TARGET_IDLE_RSS_MIB = 10.0     # ferry idle RSS <= 10 MiB
 TARGET_CONNS_RSS_MIB = 40.0    # ferry RSS with 1,000 idle connections <= 40 MiB
 # Issue 3: header_mutation + local_ratelimit + rbac cost at most 10 % req/s.
 TARGET_FILTER_DROP = 0.10      # 1 - ferry-filters rps / ferry rps <= 0.10
+TARGET_QUEUE_P50 = 0.05        # ferry-queue p50 / ferry p50 - 1 <= 0.05
 
 
 def die(msg):
@@ -224,6 +225,24 @@ def filter_check(by):
         "-")
 
 
+def queue_check(by):
+    """Issue 5's target: the queue-proxy role adds at most 5 % to the p50."""
+    plain, queue = by.get("ferry"), by.get("ferry-queue")
+    if not plain or not queue:
+        return None
+    r = ratio(queue.get("p50_ms"), plain.get("p50_ms"))
+    added = None if r is None else r - 1
+    return check(
+        "p50 added, ferry-queue vs ferry", f"<= {TARGET_QUEUE_P50 * 100:.0f}%", added,
+        fmt(added, "{:+.1%}") + fmt(queue.get("p50_ms"), " ({:.3f} ms") +
+        fmt(plain.get("p50_ms"), " vs {:.3f} ms)"),
+        None if added is None else added <= TARGET_QUEUE_P50,
+        "-" if added is None else
+        (f"{(TARGET_QUEUE_P50 - added) * 100:.1f} points under" if added <= TARGET_QUEUE_P50
+         else f"{(added - TARGET_QUEUE_P50) * 100:.1f} points over"),
+        "-")
+
+
 def notes(rows, duration):
     out = []
     limit = DISTURBED_CORE_FRACTION * duration
@@ -286,7 +305,8 @@ def main_report(argv):
     out.append("")
 
     ratio_cols = [(n, d) for n, d in (("ferry", "envoy"), ("ferry", "direct"),
-                                      ("ferry-filters", "ferry"))
+                                      ("ferry-filters", "ferry"),
+                                      ("ferry-queue", "ferry"))
                   if n in by and d in by]
     if ratio_cols:
         headers = ["metric"] + [f"{n}/{d}" for n, d in ratio_cols]
@@ -301,9 +321,9 @@ def main_report(argv):
         out.append("")
 
     checks = targets(by, a.idle_conns)
-    fc = filter_check(by)
-    if fc:
-        checks.append(fc)
+    for extra in (filter_check(by), queue_check(by)):
+        if extra:
+            checks.append(extra)
     if "ferry" in by:
         headers = ["target (issue)", "wanted", "ferry", "envoy", "result", "margin"]
         cells = [[c["check"], c["target"], c["measured_text"], c["envoy"],

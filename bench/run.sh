@@ -7,6 +7,9 @@
 #   ferry   wrk -> ferry-proxy, --concurrency 1 -> backend
 #   ferry-filters  the same Ferry with an HTTP filter chain on the listener:
 #           header_mutation + local_ratelimit (never limiting) + rbac (allowing)
+#   ferry-queue    the same Ferry with the cluster in the queue-proxy role
+#           (`queue:` with container_concurrency 1000: every request takes a
+#           slot and is counted in the per-second stats, none ever waits)
 #
 # Per proxy, two fresh processes, one after the other:
 #   1. memory: start, read VmRSS when idle; open N (1000) keep-alive client
@@ -19,7 +22,7 @@
 # connection client on CPU 1. See bench/README.md.
 #
 # Usage: bench/run.sh [--duration S] [--connections C] [--warmup S]
-#                     [--targets direct,envoy,ferry,ferry-filters] [--no-build]
+#                     [--targets direct,envoy,ferry,ferry-filters,ferry-queue] [--no-build]
 #                     [--no-filters] [--json PATH]
 #                     [--markdown] [--idle-conns N] [--keep] [--setup-only]
 set -euo pipefail
@@ -71,8 +74,9 @@ Usage: bench/run.sh [options]     (run from anywhere; paths are from the repo ro
   --duration S       measured load per target, seconds (default $DURATION)
   --connections C    wrk connections (default $CONNECTIONS)
   --warmup S         unmeasured load before each run, seconds (default $WARMUP)
-  --targets LIST     comma-separated subset of direct,envoy,ferry,ferry-filters
-                     (default all; ferry-filters = Ferry with a filter chain)
+  --targets LIST     comma-separated subset of direct,envoy,ferry,ferry-filters,
+                     ferry-queue (default: all but ferry-queue; ferry-filters =
+                     Ferry with a filter chain, ferry-queue = Ferry as queue-proxy)
   --no-filters       drop ferry-filters from the targets (the proxy-core run)
   --no-build         do not run 'cargo build --release -p ferry-proxy'
   --json PATH        also write the results as JSON
@@ -119,8 +123,8 @@ parse_args() {
     local t
     for t in "${TARGET_LIST[@]}"; do
         case $t in
-            direct | envoy | ferry | ferry-filters) ;;
-            *) die "unknown target '$t' (direct, envoy, ferry, ferry-filters)" ;;
+            direct | envoy | ferry | ferry-filters | ferry-queue) ;;
+            *) die "unknown target '$t' (direct, envoy, ferry, ferry-filters, ferry-queue)" ;;
         esac
     done
     if [[ -n $JSON_OUT && $JSON_OUT != /* ]]; then JSON_OUT="$PWD/$JSON_OUT"; fi
@@ -128,7 +132,7 @@ parse_args() {
 
 has_target() { [[ ,$TARGETS, == *,$1,* ]]; }
 # Either Ferry row needs the binary.
-has_ferry() { has_target ferry || has_target ferry-filters; }
+has_ferry() { has_target ferry || has_target ferry-filters || has_target ferry-queue; }
 
 # ------------------------------------------------------------------ setup
 
@@ -369,6 +373,27 @@ clusters:
     endpoints: [{address: 127.0.0.1:$BACKEND_PORT}]
 EOF
 
+    # The same, with the cluster in the queue-proxy role (issue 5's target:
+    # <= 5 % on p50): admission through the concurrency limiter (a cap no
+    # run reaches, so nothing queues), the per-second stats, and readiness
+    # probing of the backend. The sidecar's inbound proxy in front of its app.
+    cat >"$RUN_DIR/ferry-queue.yaml" <<EOF
+listeners:
+  - {name: bench, address: 127.0.0.1:$FERRY_PORT, route_config: r}
+routes:
+  - name: r
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {prefix: /}
+            route: {cluster: backend}
+clusters:
+  - name: backend
+    endpoints: [{address: 127.0.0.1:$BACKEND_PORT}]
+    queue: {revision: bench-00001, container_concurrency: 1000}
+EOF
+
     # The same, with the filter chain of issue 3's performance target:
     # header_mutation + local_ratelimit (a bucket that never runs dry) + rbac
     # (a policy every request matches). Each filter does its real work per
@@ -487,7 +512,7 @@ start_proxy() {
             PROXY_PID=$LAST_PID
             wait_http "$2" "$PROXY_PID" "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready" "" 30
             ;;
-        ferry | ferry-filters)
+        ferry | ferry-filters | ferry-queue)
             PROXY_PORT=$FERRY_PORT
             spawn "$2" "$PROXY_CPU" "$FERRY_BIN" --config "$RUN_DIR/$1.yaml" \
                 --admin "127.0.0.1:$FERRY_ADMIN_PORT" --concurrency 1

@@ -1,7 +1,9 @@
 //! Wiring for `ferry-control serve`: the only module that knows every
-//! other one. Binds the xDS (gRPC) and API (HTTP) ports, loads the
-//! snapshot file, and runs the file watcher → debouncer → cache → streams
-//! pipeline until told to stop.
+//! other one. Opens the store in the data directory, binds the xDS (gRPC)
+//! and API (HTTP) ports, and runs the source → debouncer → cache → streams
+//! pipeline until told to stop. The source is the serving model (every
+//! store or runtime change re-translates the gateway's resources), or,
+//! with `--xds-snapshot`, the static snapshot file.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +16,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, ApiState};
-use crate::xds::cache::{self, NodeRegistry, SnapshotCache};
+use crate::control_loop::{ControlLoop, ScalingConfig};
+use crate::report_server::ReportServer;
+use crate::scaler::{ProcessScaler, ProcessScalerConfig, ScalerKind};
+use crate::store::{FileStore, Runtime, Serving};
+use crate::xds::cache::{self, NodeRegistry, Resources, SnapshotCache};
+use crate::xds::serving::{gateway_resources, GatewayConfig};
 use crate::xds::snapshot_file::FileWatcher;
 use crate::xds::{AdsServer, XdsMetrics};
 
@@ -23,26 +30,77 @@ const GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    pub xds_snapshot: PathBuf,
+    /// Serve this static snapshot file instead of the model's resources.
+    pub xds_snapshot: Option<PathBuf>,
+    /// Where the store keeps its log and snapshot (`DIR/store/`).
+    pub data_dir: PathBuf,
+    /// Keep the model in memory only, touching nothing in `data_dir`
+    /// (static-snapshot mode without `--data-dir`).
+    pub memory_store: bool,
+    /// Hosts are `{name}.{namespace}.{domain}`.
+    pub domain: String,
+    /// The address the gateway Listener (served over xDS) binds.
+    pub gateway_listen: SocketAddr,
     pub xds_listen: SocketAddr,
     pub api_listen: SocketAddr,
+    /// Brokers and Triggers (Knative manifests) for the eventing broker,
+    /// which runs only when this is set (docs/eventing.md).
+    pub broker_config: Option<PathBuf>,
+    /// The broker's ingress address.
+    pub broker_listen: SocketAddr,
+    /// NATS URL: keep the broker's logs in JetStream instead of the data
+    /// directory.
+    pub broker_nats: Option<String>,
     /// How often the snapshot file is checked for changes.
     pub poll_interval: Duration,
     /// Quiet time before a changed snapshot is pushed.
     pub debounce: Duration,
     /// Upper bound on how long a push waits for the quiet time.
     pub debounce_max: Duration,
+    /// Run revisions' instances with this scaler, driven by the
+    /// autoscaler; load reports are then served on the xDS port
+    /// (`crate::control_loop`, `crate::report_server`).
+    pub scaler: ScalerKind,
+    /// Print a line per revision when its scale changes (`up`).
+    pub live_scaling: bool,
+    /// Cluster-wide autoscaler settings (Knative's `config-autoscaler`
+    /// keys, `docs/autoscaling.md`); absent keys take Knative's defaults.
+    pub autoscaler: std::collections::BTreeMap<String, String>,
 }
 
+/// The defaults of `serve`'s flags that are not addresses.
+pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
+pub const DEFAULT_DOMAIN: &str = "example.com";
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
+
 impl ServeConfig {
+    /// Static-snapshot mode; the model's API works, in memory only.
     pub fn new(xds_snapshot: PathBuf, xds_listen: SocketAddr, api_listen: SocketAddr) -> Self {
+        let mut cfg = ServeConfig::model(PathBuf::from(DEFAULT_DATA_DIR), xds_listen, api_listen);
+        cfg.memory_store = true;
+        cfg.xds_snapshot = Some(xds_snapshot);
+        cfg
+    }
+
+    /// Model mode: xDS is generated from the store in `data_dir`.
+    pub fn model(data_dir: PathBuf, xds_listen: SocketAddr, api_listen: SocketAddr) -> Self {
         ServeConfig {
-            xds_snapshot,
+            xds_snapshot: None,
+            data_dir,
+            memory_store: false,
+            domain: DEFAULT_DOMAIN.to_string(),
+            gateway_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             xds_listen,
             api_listen,
+            broker_config: None,
+            broker_listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            broker_nats: None,
             poll_interval: Duration::from_secs(1),
             debounce: Duration::from_millis(100),
             debounce_max: Duration::from_secs(1),
+            scaler: ScalerKind::None,
+            live_scaling: false,
+            autoscaler: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -50,16 +108,59 @@ impl ServeConfig {
 /// Runs until `stop` completes, then drains for at most [`GRACE`].
 pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = XdsMetrics::new();
-    let mut watcher =
-        FileWatcher::new(cfg.xds_snapshot.clone(), cfg.poll_interval, metrics.clone());
-    let initial = watcher
-        .load_initial()
-        .with_context(|| format!("loading snapshot {}", cfg.xds_snapshot.display()))?;
-    tracing::info!(
-        path = %cfg.xds_snapshot.display(),
-        versions = %initial.versions_summary(),
-        "snapshot loaded"
-    );
+    let store = match (cfg.memory_store, cfg.data_dir.clone()) {
+        (false, dir) => tokio::task::spawn_blocking(move || {
+            FileStore::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))
+        })
+        .await
+        .context("opening the store")??,
+        (true, _) => {
+            tracing::warn!("no --data-dir: the model's objects are kept in memory only");
+            FileStore::memory()
+        }
+    };
+    let serving = Arc::new(Serving::new(
+        Arc::new(store),
+        Arc::new(Runtime::new()),
+        cfg.domain.clone(),
+    ));
+    let gateway = GatewayConfig {
+        listen: cfg.gateway_listen,
+        domain: cfg.domain.clone(),
+    };
+
+    let mut watcher = match &cfg.xds_snapshot {
+        Some(path) => Some(FileWatcher::new(
+            path.clone(),
+            cfg.poll_interval,
+            metrics.clone(),
+        )),
+        None => None,
+    };
+    let initial = match (&mut watcher, &cfg.xds_snapshot) {
+        (Some(w), Some(path)) => {
+            let initial = w
+                .load_initial()
+                .with_context(|| format!("loading snapshot {}", path.display()))?;
+            tracing::info!(
+                path = %path.display(),
+                versions = %initial.versions_summary(),
+                "snapshot loaded"
+            );
+            initial
+        }
+        _ => {
+            let initial = model_resources(&serving, &gateway)
+                .await
+                .context("translating the model")?;
+            tracing::info!(
+                data_dir = %cfg.data_dir.display(),
+                versions = %initial.versions_summary(),
+                "serving the model's resources"
+            );
+            initial
+        }
+    };
 
     let xds_listener = TcpListener::bind(cfg.xds_listen)
         .await
@@ -75,13 +176,29 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let (updates_tx, updates_rx) = mpsc::channel(4);
-    let watch_task = tokio::spawn(watcher.run(updates_tx, shutdown_rx.clone()));
+    let watch_task = match watcher {
+        Some(w) => tokio::spawn(w.run(updates_tx, shutdown_rx.clone())),
+        None => tokio::spawn(publish_model(
+            serving.clone(),
+            gateway.clone(),
+            updates_tx,
+            shutdown_rx.clone(),
+        )),
+    };
     let debounce_task = tokio::spawn(cache::debounce(
         updates_rx,
         cache.clone(),
         cfg.debounce,
         cfg.debounce_max,
     ));
+
+    let (scaling_task, reports) = match start_scaling(&cfg, &serving, xds_addr).await? {
+        Some((control_loop, reports)) => (
+            Some(tokio::spawn(control_loop.run(shutdown_rx.clone()))),
+            Some(reports.into_service()),
+        ),
+        None => (None, None),
+    };
 
     let ads = AdsServer::new(cache.clone(), registry.clone(), shutdown_rx.clone());
     let mut grpc_shutdown = shutdown_rx.clone();
@@ -91,6 +208,7 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(ads.into_service())
+        .add_optional_service(reports)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(xds_listener).with_nodelay(Some(true)),
             async move {
@@ -103,8 +221,23 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
         registry,
         cache,
         metrics,
+        serving: serving.clone(),
     });
     let api_task = tokio::spawn(api::serve(api_listener, api_state, shutdown_rx.clone()));
+    let broker = match &cfg.broker_config {
+        Some(path) => Some(
+            crate::eventing::broker::start_from_file(
+                path,
+                cfg.broker_listen,
+                &cfg.data_dir,
+                cfg.broker_nats.as_deref(),
+                shutdown_rx.clone(),
+            )
+            .await
+            .context("starting the eventing broker")?,
+        ),
+        None => None,
+    };
 
     tracing::info!(xds = %xds_addr, api = %api_addr, "ferry-control serving");
 
@@ -121,9 +254,17 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
     }
     tracing::info!("stopping: closing xDS streams and the API");
     let _ = shutdown_tx.send(true);
+    if let Some(t) = scaling_task {
+        // Instances drain first (bounded by the scaler's own grace), while
+        // the xDS streams close in parallel.
+        let _ = t.await;
+    }
     let drained = tokio::time::timeout(GRACE, async {
         let grpc_result = grpc_task.await;
         let _ = api_task.await;
+        if let Some(b) = broker {
+            b.join().await;
+        }
         let _ = watch_task.await;
         // The watcher owned the sender, so the debouncer ends too.
         let _ = debounce_task.await;
@@ -137,6 +278,74 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
         Err(_) => {
             tracing::warn!("tasks still running after {GRACE:?}; exiting anyway");
             Ok(())
+        }
+    }
+}
+
+/// The scaler and the control loop, when `cfg.scaler` asks for them.
+async fn start_scaling(
+    cfg: &ServeConfig,
+    serving: &Arc<Serving>,
+    xds_addr: SocketAddr,
+) -> anyhow::Result<Option<(ControlLoop, ReportServer)>> {
+    let scaler: Arc<dyn crate::scaler::Scaler> = match cfg.scaler {
+        ScalerKind::None => return Ok(None),
+        ScalerKind::Process => {
+            // Sidecars report to the xDS port, which serves both.
+            let report_to = format!("http://{xds_addr}");
+            let pcfg = ProcessScalerConfig::new(cfg.data_dir.clone(), Some(report_to));
+            Arc::new(
+                ProcessScaler::start(pcfg)
+                    .await
+                    .context("starting the process scaler")?,
+            )
+        }
+    };
+    let mut scfg = ScalingConfig::new(scaler);
+    scfg.live = cfg.live_scaling;
+    scfg.global = crate::autoscaler::GlobalConfig::from_map(&cfg.autoscaler)
+        .context("the autoscaler settings")?;
+    let (control_loop, handle) = ControlLoop::new(serving.clone(), scfg);
+    Ok(Some((control_loop, ReportServer::new(handle))))
+}
+
+/// The gateway's resources for the model as stored now.
+async fn model_resources(
+    serving: &Serving,
+    gateway: &GatewayConfig,
+) -> anyhow::Result<Arc<Resources>> {
+    let snap = serving.snapshot(None).await?;
+    let endpoints = serving.runtime().endpoints();
+    Ok(Arc::new(gateway_resources(gateway, &snap, &endpoints)))
+}
+
+/// Re-translates the model on every store commit or runtime change and
+/// hands the result to the debouncer (which coalesces bursts, e.g. an
+/// apply writing four objects, or many endpoints arriving at once).
+async fn publish_model(
+    serving: Arc<Serving>,
+    gateway: GatewayConfig,
+    updates: mpsc::Sender<Arc<Resources>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut store_version, mut runtime_version) = serving.watch();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            r = store_version.changed() => if r.is_err() { return },
+            r = runtime_version.changed() => if r.is_err() { return },
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        match model_resources(&serving, &gateway).await {
+            Ok(resources) => {
+                if updates.send(resources).await.is_err() {
+                    return;
+                }
+            }
+            // The previous resources keep serving; the next change retries.
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "translating the model failed"),
         }
     }
 }

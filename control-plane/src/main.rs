@@ -1,9 +1,10 @@
 //! `ferry-control`: the control plane binary.
 //!
-//! `serve` runs the xDS server (and the REST API) from a static snapshot
-//! file. The other subcommands (up, apply, get, delete, autoscale) land with
-//! the serving model, autoscaler and eventing issues; until then they say
-//! so instead of pretending.
+//! `serve` runs the xDS server (the gateway's resources generated from the
+//! model in `--data-dir`, or a static `--xds-snapshot` file) and the REST
+//! API; `apply`, `get` and `delete` are that API's clients
+//! (docs/serving.md). Subcommands that land with later issues say so
+//! instead of pretending.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ferry_control_plane::app::{self, ServeConfig};
+use ferry_control_plane::cli;
+
+#[path = "cli/autoscale.rs"]
+mod autoscale_cli;
 
 #[derive(Parser)]
 #[command(name = "ferry-control", version, about = "Ferry control plane")]
@@ -23,58 +28,73 @@ struct Cli {
 enum Command {
     /// Serve xDS (ADS, state of the world and delta) and the REST API.
     Serve(ServeArgs),
-    /// (not implemented yet) Run the whole local mesh.
-    Up(Later),
-    /// (not implemented yet) Create or update model objects from a manifest.
-    Apply(Later),
-    /// (not implemented yet) Show model objects.
-    Get(Later),
-    /// (not implemented yet) Delete model objects.
-    Delete(Later),
-    /// (not implemented yet) Autoscaler tools (`autoscale simulate`).
-    Autoscale(Later),
+    /// Run everything locally (control plane, process scaler, gateway on
+    /// 127.0.0.1:8080) and apply the manifests in DIR.
+    Up(ferry_control_plane::up::UpArgs),
+    /// Create or update Services, Brokers and Triggers from manifests.
+    Apply(cli::ApplyArgs),
+    /// Show services, revisions, routes, configurations, brokers, triggers.
+    Get(cli::GetArgs),
+    /// Delete services, brokers or triggers.
+    Delete(cli::DeleteArgs),
+    /// Autoscaler tools (`autoscale simulate SCENARIO.json`).
+    Autoscale(autoscale_cli::AutoscaleArgs),
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// YAML file of listeners, routes and clusters to serve; reloaded when
-    /// it changes (see docs/xds.md for the schema).
+    /// YAML file of listeners, routes and clusters to serve instead of the
+    /// model's resources; reloaded when it changes (docs/xds.md).
     #[arg(long, value_name = "FILE")]
-    xds_snapshot: PathBuf,
+    xds_snapshot: Option<PathBuf>,
+    /// Where the model's store lives (created if missing). Default
+    /// ./ferry-data; with --xds-snapshot and no --data-dir, the model is
+    /// kept in memory only.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Domain of service hosts: `{name}.{namespace}.{domain}`.
+    #[arg(long, value_name = "DOMAIN", default_value = app::DEFAULT_DOMAIN)]
+    domain: String,
+    /// Address of the gateway listener served over xDS.
+    #[arg(long, value_name = "ADDR", default_value = app::DEFAULT_GATEWAY_LISTEN)]
+    gateway_listen: SocketAddr,
     /// Address of the xDS gRPC server.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
     xds_listen: SocketAddr,
     /// Address of the REST API (`/v1/xds/nodes`, `/metrics`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     api_listen: SocketAddr,
+    /// Brokers and Triggers (Knative eventing.knative.dev/v1 manifests) to
+    /// run the eventing broker with; without it the broker is off.
+    #[arg(long, value_name = "FILE")]
+    broker_config: Option<PathBuf>,
+    /// Address of the broker ingress (`POST /{namespace}/{broker}`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8090")]
+    broker_listen: SocketAddr,
+    /// Keep the broker's event logs in NATS JetStream at this URL (e.g.
+    /// nats://127.0.0.1:4222) instead of the embedded log in --data-dir.
+    #[arg(long, value_name = "URL")]
+    broker_nats: Option<String>,
+    /// Run revisions' instances: `process` (local processes with
+    /// `ferry-proxy` sidecars, autoscaled from their load reports) or
+    /// `none` (serve the model only; revisions stay at zero).
+    #[arg(long, value_enum, default_value = "none")]
+    scaler: ferry_control_plane::scaler::ScalerKind,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins if set.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log: String,
 }
 
-/// Arguments of a subcommand that does not exist yet, accepted so the
-/// message below is what the user sees rather than a parse error.
-#[derive(clap::Args)]
-struct Later {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (name, _rest) = match cli.command {
-        Command::Serve(args) => return serve(args),
-        Command::Up(l) => ("up", l.rest),
-        Command::Apply(l) => ("apply", l.rest),
-        Command::Get(l) => ("get", l.rest),
-        Command::Delete(l) => ("delete", l.rest),
-        Command::Autoscale(l) => ("autoscale", l.rest),
-    };
-    eprintln!(
-        "ferry-control {name}: not implemented yet; it lands with a later issue \
-         (only `serve` exists today)"
-    );
-    ExitCode::from(2)
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Up(a) => ferry_control_plane::up::run(a),
+        Command::Apply(a) => cli::run_apply(a),
+        Command::Get(a) => cli::run_get(a),
+        Command::Delete(a) => cli::run_delete(a),
+        Command::Autoscale(a) => autoscale_cli::run(a),
+    }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -104,7 +124,19 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cfg = ServeConfig::new(args.xds_snapshot, args.xds_listen, args.api_listen);
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| app::DEFAULT_DATA_DIR.into());
+    let mut cfg = ServeConfig::model(data_dir, args.xds_listen, args.api_listen);
+    cfg.memory_store = args.xds_snapshot.is_some() && args.data_dir.is_none();
+    cfg.xds_snapshot = args.xds_snapshot;
+    cfg.domain = args.domain;
+    cfg.gateway_listen = args.gateway_listen;
+    cfg.broker_config = args.broker_config;
+    cfg.broker_listen = args.broker_listen;
+    cfg.broker_nats = args.broker_nats;
+    cfg.scaler = args.scaler;
     match runtime.block_on(app::serve(cfg, stop_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 pub mod cache;
 pub mod metrics;
 pub mod server;
+pub mod serving;
 pub mod snapshot_file;
 pub mod translate;
 

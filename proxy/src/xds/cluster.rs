@@ -295,7 +295,125 @@ fn cluster(p: &mut Problems, c: &Cluster, runtime_dir: &Path) -> XdsCluster {
             out.endpoints = endpoints(p, "load_assignment", cla);
         }
     }
+    ferry_roles(p, c, &mut out);
     XdsCluster { cluster: out, eds }
+}
+
+/// Where Ferry's control plane puts the queue-proxy and activator roles.
+const FERRY_METADATA: &str = "ferry";
+
+/// `metadata.filter_metadata["ferry"]` → the cluster's `activation` or
+/// `queue` block (docs/config.md: the same keys as the YAML blocks).
+/// `activation: true` selects the activator role; otherwise any of the
+/// queue keys (`container_concurrency`, `max_queue_depth`,
+/// `queue_timeout`, `readiness_probe`) selects the queue role. Values of
+/// the wrong type are NACKed with their path; unknown keys are left alone
+/// (metadata is shared with other tools).
+fn ferry_roles(p: &mut Problems, c: &Cluster, out: &mut config::Cluster) {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct};
+    let Some(md) = c
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(FERRY_METADATA))
+    else {
+        return;
+    };
+    let base = format!("metadata.filter_metadata.{FERRY_METADATA}");
+
+    fn string(p: &mut Problems, path: &str, s: &Struct, key: &str) -> Option<String> {
+        match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
+            None | Some(Kind::NullValue(_)) => None,
+            Some(Kind::StringValue(v)) => Some(v.clone()),
+            Some(_) => {
+                p.add(format!("{path}.{key}"), "must be a string");
+                None
+            }
+        }
+    }
+    fn count(p: &mut Problems, path: &str, s: &Struct, key: &str) -> Option<u32> {
+        match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
+            None | Some(Kind::NullValue(_)) => None,
+            Some(Kind::NumberValue(n))
+                if n.fract() == 0.0 && *n >= 0.0 && *n <= f64::from(u32::MAX) =>
+            {
+                Some(*n as u32)
+            }
+            // Some control planes write numbers as strings.
+            Some(Kind::StringValue(v)) if v.parse::<u32>().is_ok() => v.parse().ok(),
+            Some(_) => {
+                p.add(format!("{path}.{key}"), "must be a non-negative integer");
+                None
+            }
+        }
+    }
+    fn duration(p: &mut Problems, path: &str, s: &Struct, key: &str) -> Option<config::Dur> {
+        let text = string(p, path, s, key)?;
+        match config::duration::parse_duration(&text) {
+            Ok(d) => Some(config::Dur(d)),
+            Err(e) => {
+                p.add(format!("{path}.{key}"), e);
+                None
+            }
+        }
+    }
+
+    let activation = match md.fields.get("activation").and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => false,
+        Some(Kind::BoolValue(b)) => *b,
+        Some(_) => {
+            p.add(format!("{base}.activation"), "must be a boolean");
+            false
+        }
+    };
+    let revision = string(p, &base, md, "revision").unwrap_or_default();
+    let namespace = string(p, &base, md, "namespace").unwrap_or_else(config::default_namespace);
+    if activation {
+        out.activation = Some(config::ActivationConfig {
+            revision,
+            namespace,
+            hold_timeout: duration(p, &base, md, "hold_timeout"),
+            max_held: count(p, &base, md, "max_held"),
+        });
+        return;
+    }
+    const QUEUE_KEYS: [&str; 4] = [
+        "container_concurrency",
+        "max_queue_depth",
+        "queue_timeout",
+        "readiness_probe",
+    ];
+    if !QUEUE_KEYS.iter().any(|k| md.fields.contains_key(*k)) {
+        return;
+    }
+    let readiness_probe = match md
+        .fields
+        .get("readiness_probe")
+        .and_then(|v| v.kind.as_ref())
+    {
+        None | Some(Kind::NullValue(_)) => None,
+        Some(Kind::StructValue(rp)) => {
+            let path = format!("{base}.readiness_probe");
+            Some(config::ReadinessProbe {
+                path: string(p, &path, rp, "path"),
+                initial_interval: duration(p, &path, rp, "initial_interval"),
+                period: duration(p, &path, rp, "period"),
+                timeout: duration(p, &path, rp, "timeout"),
+                failure_threshold: count(p, &path, rp, "failure_threshold"),
+            })
+        }
+        Some(_) => {
+            p.add(format!("{base}.readiness_probe"), "must be a struct");
+            None
+        }
+    };
+    out.queue = Some(config::QueueConfig {
+        revision,
+        namespace,
+        container_concurrency: count(p, &base, md, "container_concurrency").unwrap_or(0),
+        max_queue_depth: count(p, &base, md, "max_queue_depth"),
+        queue_timeout: duration(p, &base, md, "queue_timeout"),
+        readiness_probe,
+    });
 }
 
 fn thresholds(p: &mut Problems, path: &str, t: &Thresholds) -> config::CircuitBreakers {
@@ -593,4 +711,107 @@ fn endpoints(p: &mut Problems, base: &str, cla: &ClusterLoadAssignment) -> Vec<c
         }
     }
     out
+}
+
+#[cfg(test)]
+mod ferry_metadata_tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+
+    use super::*;
+
+    fn v(kind: Kind) -> Value {
+        Value { kind: Some(kind) }
+    }
+
+    fn s(text: &str) -> Value {
+        v(Kind::StringValue(text.to_string()))
+    }
+
+    fn with_metadata(fields: Vec<(&str, Value)>) -> Cluster {
+        let fields: HashMap<String, Value> = fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let mut filter_metadata = HashMap::new();
+        filter_metadata.insert(FERRY_METADATA.to_string(), Struct { fields });
+        Cluster {
+            name: "default/hello-00002".to_string(),
+            metadata: Some(Metadata {
+                filter_metadata,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn translate(c: &Cluster) -> Result<config::Cluster, String> {
+        translate_cluster(c, &std::env::temp_dir()).map(|x| x.cluster)
+    }
+
+    /// What the control plane puts on a revision cluster for the gateway.
+    #[test]
+    fn activation_metadata_becomes_the_activation_block() {
+        let c = with_metadata(vec![
+            ("activation", v(Kind::BoolValue(true))),
+            ("revision", s("hello-00002")),
+            ("namespace", s("prod")),
+            ("hold_timeout", s("30s")),
+            ("max_held", v(Kind::NumberValue(50.0))),
+        ]);
+        let out = translate(&c).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            out.activation,
+            Some(config::ActivationConfig {
+                revision: "hello-00002".to_string(),
+                namespace: "prod".to_string(),
+                hold_timeout: Some(config::Dur(Duration::from_secs(30))),
+                max_held: Some(50),
+            })
+        );
+        assert_eq!(out.queue, None);
+    }
+
+    #[test]
+    fn queue_metadata_becomes_the_queue_block() {
+        let probe = Struct {
+            fields: [("path".to_string(), s("/healthz"))].into_iter().collect(),
+        };
+        let c = with_metadata(vec![
+            ("revision", s("hello-00001")),
+            ("container_concurrency", v(Kind::NumberValue(1.0))),
+            ("queue_timeout", s("300s")),
+            ("readiness_probe", v(Kind::StructValue(probe))),
+        ]);
+        let out = translate(&c).unwrap_or_else(|e| panic!("{e}"));
+        let q = out.queue.unwrap_or_else(|| panic!("no queue block"));
+        assert_eq!(q.revision, "hello-00001");
+        assert_eq!(q.namespace, "default");
+        assert_eq!(q.container_concurrency, 1);
+        assert_eq!(q.queue_timeout, Some(config::Dur(Duration::from_secs(300))));
+        assert_eq!(
+            q.readiness_probe.and_then(|r| r.path).as_deref(),
+            Some("/healthz")
+        );
+        assert_eq!(out.activation, None);
+    }
+
+    #[test]
+    fn other_metadata_is_left_alone_and_bad_values_are_nacked() {
+        let plain = with_metadata(vec![("owner", s("team-a"))]);
+        let out = translate(&plain).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((out.queue, out.activation), (None, None));
+
+        let bad = with_metadata(vec![
+            ("activation", v(Kind::BoolValue(true))),
+            ("hold_timeout", s("soon")),
+            ("max_held", v(Kind::NumberValue(-1.0))),
+        ]);
+        let err = translate(&bad).err().unwrap_or_default();
+        assert!(err.contains("hold_timeout"), "{err}");
+        assert!(err.contains("max_held"), "{err}");
+    }
 }

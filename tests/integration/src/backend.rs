@@ -846,3 +846,42 @@ impl Drop for GrpcHealth {
         self.task.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_behavior_directives() {
+        let b = Behavior::parse("status=503; delay=250ms", "x");
+        assert_eq!(b, Behavior::status(503).after(Duration::from_millis(250)));
+        assert_eq!(Behavior::parse("reset", "x"), Behavior::reset());
+        assert_eq!(Behavior::parse("hang", "x"), Behavior::hang());
+        assert_eq!(
+            Behavior::parse("delay=1.5s", "x").delay,
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            Behavior::parse("delay=40", "x").delay,
+            Some(Duration::from_millis(40))
+        );
+        // Addressed to one backend by name.
+        assert_eq!(Behavior::parse("a:status=500", "a"), Behavior::status(500));
+        assert_eq!(Behavior::parse("a:status=500", "b"), Behavior::ok());
+        assert_eq!(
+            Behavior::parse("a:reset;b:status=502", "b"),
+            Behavior::status(502)
+        );
+        // Unknown directives are ignored.
+        assert_eq!(Behavior::parse("explode; status=x", "a"), Behavior::ok());
+    }
+
+    #[test]
+    fn overlay_prefers_the_later_fields() {
+        let standing = Behavior::status(503).after(Duration::from_millis(10));
+        let once = Behavior::status(200);
+        let b = standing.overlay(&once);
+        assert_eq!(b.status, Some(200));
+        assert_eq!(b.delay, Some(Duration::from_millis(10)));
+    }
+}

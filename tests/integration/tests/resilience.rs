@@ -265,6 +265,78 @@ async fn retry_on_reset() {
 }
 
 #[tokio::test]
+async fn retriable_status_codes_and_gateway_error() {
+    let b = Backend::start("b").await;
+    let listen = free_addr().to_string();
+    let mut cfg = Cfg::new(&listen, &[&b]);
+    cfg.route_extra = ", retry_policy: {retry_on: \"retriable-status-codes,gateway-error\", \
+                       retriable_status_codes: [418], num_retries: 1}";
+    let _proxy = Proxy::start(&cfg.yaml()).await;
+    let c = Client::h1();
+    // (status of the first try, retried?)
+    let cases = [
+        (418, true),
+        (502, true),
+        (504, true),
+        (500, false),
+        (429, false),
+    ];
+    for (status, retried) in cases {
+        b.reset_requests();
+        b.fail_next(1, Behavior::status(status));
+        let r = get(&c, &url(&listen)).await;
+        let want = if retried { 200 } else { status };
+        assert_eq!(
+            (r.status.as_u16(), b.requests()),
+            (want, 1 + u64::from(retried)),
+            "first try answered {status}: (client status, tries)"
+        );
+    }
+}
+
+/// The per-request `x-test-behavior` header, addressed to one endpoint by
+/// name: a hang cut by the per-try timeout, a reset, a 503, each retried on
+/// the other endpoint.
+#[tokio::test]
+async fn per_request_failures_addressed_to_one_endpoint_are_retried_elsewhere() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let listen = free_addr().to_string();
+    let mut cfg = Cfg::new(&listen, &[&a, &b]);
+    cfg.route_extra = ", timeout: 5s, retry_policy: {retry_on: \"5xx,reset\", num_retries: 1, \
+                       per_try_timeout: 300ms}";
+    let _proxy = Proxy::start(&cfg.yaml()).await;
+    let c = Client::h1();
+    for behavior in [
+        "a:hang",
+        "a:reset",
+        "a:status=503",
+        "a:delay=1s;a:status=200",
+    ] {
+        for i in 0..4 {
+            let r = c
+                .get_with(
+                    &url(&listen),
+                    &[(ferry_integration_tests::BEHAVIOR_HEADER, behavior)],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("GET with {behavior}: {e:#}"));
+            assert_eq!(r.status, 200, "{behavior} #{i}: {}", r.text());
+            assert_eq!(r.backend(), Some("b"), "{behavior} #{i}");
+        }
+    }
+    // Addressed to nobody here: answered normally by both.
+    let r = c
+        .get_with(
+            &url(&listen),
+            &[(ferry_integration_tests::BEHAVIOR_HEADER, "zed:status=500")],
+        )
+        .await
+        .expect("GET");
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
 async fn num_retries_is_respected() {
     let b = Backend::start("b").await;
     b.set_behavior(Behavior::status(503));
@@ -1097,6 +1169,46 @@ async fn consecutive_5xx_ejects_for_base_ejection_time_then_returns() {
     let e = proxy.endpoint_view("up", a.addr).await;
     assert_eq!(e["health"], "healthy", "{e}");
     assert!(e["rq_total"].as_u64().unwrap_or(0) >= 4, "{e}");
+}
+
+#[tokio::test]
+async fn consecutive_gateway_failures_eject_when_enforced() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let listen = free_addr().to_string();
+    let mut cfg = Cfg::new(&listen, &[&a, &b]);
+    cfg.cluster_extra =
+        "    outlier_detection: {consecutive_5xx: 100, consecutive_gateway_failure: 3, \
+                         enforcing_consecutive_gateway_failure: 100, interval: 100ms, \
+                         base_ejection_time: 30s, max_ejection_percent: 50}";
+    let proxy = Proxy::start(&cfg.yaml()).await;
+    let c = Client::h1();
+    // 500s are 5xx but not gateway failures: no ejection.
+    a.set_behavior(Behavior::status(500));
+    for _ in 0..12 {
+        get(&c, &url(&listen)).await;
+    }
+    assert_eq!(proxy.endpoint_health("up", a.addr).await, "healthy");
+    assert_eq!(a.requests(), 6);
+    // 502s are: ejected after the third in a row.
+    a.set_behavior(Behavior::status(502));
+    for _ in 0..6 {
+        get(&c, &url(&listen)).await;
+    }
+    assert_eq!(a.requests(), 9);
+    assert_eq!(
+        proxy.endpoint_health("up", a.addr).await,
+        "/failed_outlier_check"
+    );
+    let e = proxy.endpoint_view("up", a.addr).await;
+    assert!(
+        e["consecutive_gateway_failure"].as_u64().is_some(),
+        "the run is shown in /clusters: {e}"
+    );
+    for _ in 0..10 {
+        assert_eq!(get(&c, &url(&listen)).await.backend(), Some("b"));
+    }
+    assert_eq!(a.requests(), 9);
 }
 
 #[tokio::test]

@@ -161,14 +161,25 @@ async fn check_hello(cp: &ControlPlane) -> Value {
         "http://candidate-hello.default.example.com"
     );
 
-    // The gateway's xDS follows the model: one cluster per revision.
-    let xds = cp.get_json("/v1/xds/snapshot").await;
-    assert_eq!(
-        xds["cds"]["resources"],
-        serde_json::json!(["default/hello-v1", "default/hello-v2"])
-    );
+    // The gateway's xDS follows the model (after the 100 ms debounce):
+    // one cluster per revision, one route configuration.
+    let want = serde_json::json!(["default/hello-v1", "default/hello-v2"]);
+    let mut xds = Value::Null;
+    for _ in 0..250 {
+        xds = cp.get_json("/v1/xds/snapshot").await;
+        if xds["cds"]["resources"] == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(xds["cds"]["resources"], want, "{xds}");
+    assert_eq!(xds["eds"]["resources"], want);
     assert_eq!(
         xds["rds"]["resources"],
+        serde_json::json!(["ferry-gateway"])
+    );
+    assert_eq!(
+        xds["lds"]["resources"],
         serde_json::json!(["ferry-gateway"])
     );
     svc

@@ -6,8 +6,8 @@
 //! | `GET /v1/xds/snapshot` | the default snapshot: per type, its version and resource names |
 //! | `GET /metrics` | Prometheus text exposition (`ferry_xds_*`) |
 //! | `GET /healthz` | 200 once the server runs |
-//!
-//! The model's `apply/get/delete` endpoints land with the serving model.
+//! | `/v1/namespaces/{ns}/{kind}[/{name}]` | the model (see [`model`]): `services`, `brokers`, `triggers` GET / PUT / POST / DELETE; `revisions`, `routes`, `configurations` GET |
+//! | `GET /v1/{kind}` | every object of a kind, all namespaces |
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -23,13 +23,18 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::store::Serving;
 use crate::xds::{NodeRegistry, ResourceType, SnapshotCache, XdsMetrics};
+
+pub mod model;
 
 /// What the handlers read.
 pub struct ApiState {
     pub registry: Arc<NodeRegistry>,
     pub cache: Arc<SnapshotCache>,
     pub metrics: XdsMetrics,
+    /// The serving/eventing model behind `/v1/namespaces/...`.
+    pub serving: Arc<Serving>,
 }
 
 #[derive(Serialize)]
@@ -65,7 +70,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
@@ -75,9 +80,12 @@ pub async fn serve(
     }
 }
 
-/// Routes one request. Pure apart from reading `state`, so it is tested
-/// without a socket.
-pub fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Routes one request: the model's paths to [`model`], the rest (xDS
+/// views, metrics, health) to [`route`].
+pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if model::is_model_path(req.uri().path()) {
+        return model::handle(&state.serving, req).await;
+    }
     route(state, req.method(), req.uri().path())
 }
 
@@ -131,7 +139,7 @@ fn route(state: &ApiState, method: &Method, path: &str) -> Response<Full<Bytes>>
     }
 }
 
-fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(mut body) => {
             body.push(b'\n');
@@ -149,7 +157,7 @@ fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -171,6 +179,11 @@ mod tests {
             registry: Arc::new(NodeRegistry::new(metrics.clone())),
             cache: Arc::new(SnapshotCache::new(Arc::new(Resources::default()))),
             metrics,
+            serving: Arc::new(crate::store::Serving::new(
+                Arc::new(crate::store::FileStore::memory()),
+                Arc::new(crate::store::Runtime::new()),
+                "example.com",
+            )),
         }
     }
 

@@ -1,0 +1,164 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::model::manifest;
+use crate::store::testing::TestDir;
+use crate::store::{FileStore, Runtime, Serving};
+use crate::xds::ResourceType;
+
+const HELLO: &str = include_str!("../../../../examples/hello/service.yaml");
+
+async fn hello() -> (Serving, TestDir) {
+    let dir = TestDir::new("xds-serving");
+    let store = FileStore::open(dir.path()).unwrap_or_else(|e| panic!("open: {e}"));
+    let s = Serving::new(Arc::new(store), Arc::new(Runtime::new()), "example.com");
+    for m in manifest::parse(HELLO).unwrap_or_else(|e| panic!("{e}")) {
+        s.apply(m).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    (s, dir)
+}
+
+fn gw() -> GatewayConfig {
+    GatewayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        domain: "example.com".to_string(),
+    }
+}
+
+#[tokio::test]
+async fn the_split_and_the_tag_become_virtual_hosts() {
+    let (s, _dir) = hello().await;
+    let snap = s.snapshot(None).await.unwrap_or_default();
+    let mut eps = BTreeMap::new();
+    eps.insert(
+        ("default".to_string(), "hello-v1".to_string()),
+        vec![SocketAddr::from(([127, 0, 0, 1], 40001))],
+    );
+    let file = gateway_snapshot(&gw(), &snap, &eps);
+    assert_eq!(file.validate(), Ok(()));
+
+    assert_eq!(file.listeners.len(), 1);
+    assert_eq!(file.listeners[0].port, 8080);
+    let vhs = &file.routes[0].virtual_hosts;
+    assert_eq!(vhs.len(), 2, "{vhs:?}");
+    assert_eq!(
+        vhs[0].domains,
+        ["hello.default.example.com", "hello.default.example.com:*"]
+    );
+    let split = vhs[0].routes[0]
+        .weighted_clusters
+        .clone()
+        .unwrap_or_default();
+    let split: Vec<(String, u32)> = split.into_iter().map(|w| (w.name, w.weight)).collect();
+    assert_eq!(
+        split,
+        [
+            ("default/hello-v1".to_string(), 90),
+            ("default/hello-v2".to_string(), 10)
+        ]
+    );
+    assert_eq!(
+        vhs[0].routes[0].timeout,
+        Some(DurationSpec(Duration::from_secs(300)))
+    );
+    assert_eq!(vhs[1].domains[0], "candidate-hello.default.example.com");
+    assert_eq!(
+        vhs[1].routes[0].cluster.as_deref(),
+        Some("default/hello-v2")
+    );
+
+    let clusters: Vec<(&str, usize)> = file
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.endpoints.len()))
+        .collect();
+    assert_eq!(clusters, [("default/hello-v1", 1), ("default/hello-v2", 0)]);
+
+    let res = gateway_resources(&gw(), &snap, &eps);
+    assert_eq!(res.get(ResourceType::Cluster).resources.len(), 2);
+    assert_eq!(res.get(ResourceType::Endpoint).resources.len(), 2);
+    assert!(res
+        .get(ResourceType::Listener)
+        .resources
+        .contains_key(GATEWAY));
+    assert!(res.get(ResourceType::Route).resources.contains_key(GATEWAY));
+}
+
+#[tokio::test]
+async fn a_single_target_routes_to_one_cluster_and_zero_percent_entries_are_left_out() {
+    let (s, _dir) = hello().await;
+    let only_v2 = HELLO
+        .replace("percent: 90", "percent: 0")
+        .replace("percent: 10", "percent: 100");
+    for m in manifest::parse(&only_v2).unwrap_or_else(|e| panic!("{e}")) {
+        s.apply(m).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let snap = s.snapshot(None).await.unwrap_or_default();
+    let file = gateway_snapshot(&gw(), &snap, &BTreeMap::new());
+    let main = &file.routes[0].virtual_hosts[0].routes[0];
+    assert_eq!(main.cluster.as_deref(), Some("default/hello-v2"));
+    assert!(main.weighted_clusters.is_none());
+}
+
+#[tokio::test]
+async fn endpoint_changes_change_only_eds() {
+    let (s, _dir) = hello().await;
+    let snap = s.snapshot(None).await.unwrap_or_default();
+    let a = gateway_resources(&gw(), &snap, &BTreeMap::new());
+    let mut eps = BTreeMap::new();
+    eps.insert(
+        ("default".to_string(), "hello-v2".to_string()),
+        vec![SocketAddr::from(([127, 0, 0, 1], 40002))],
+    );
+    let b = gateway_resources(&gw(), &snap, &eps);
+    for t in ResourceType::ALL {
+        let changed = a.get(t).version != b.get(t).version;
+        assert_eq!(changed, t == ResourceType::Endpoint, "{t}");
+    }
+}
+
+/// Every revision cluster carries the activator role for the proxies, and
+/// encodes the same way every time (its version is the hash of its bytes).
+#[tokio::test]
+async fn revision_clusters_carry_the_activator_metadata() {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::google::protobuf::value::Kind;
+
+    let (s, _dir) = hello().await;
+    let snap = s.snapshot(None).await.unwrap_or_default();
+    let a = gateway_resources(&gw(), &snap, &BTreeMap::new());
+    let b = gateway_resources(&gw(), &snap, &BTreeMap::new());
+    assert_eq!(
+        a.get(ResourceType::Cluster).version,
+        b.get(ResourceType::Cluster).version
+    );
+    let r = a
+        .get(ResourceType::Cluster)
+        .resources
+        .get("default/hello-v2")
+        .cloned()
+        .unwrap_or_else(|| panic!("no cluster for hello-v2"));
+    let c = Cluster::decode(r.body.value.as_slice()).unwrap_or_else(|e| panic!("decode: {e}"));
+    assert_eq!(c.name, "default/hello-v2");
+    let md = c.metadata.unwrap_or_default();
+    let ferry = md
+        .filter_metadata
+        .get(FERRY_METADATA)
+        .cloned()
+        .unwrap_or_default();
+    let field = |k: &str| ferry.fields.get(k).and_then(|v| v.kind.clone());
+    assert_eq!(field("activation"), Some(Kind::BoolValue(true)));
+    assert_eq!(
+        field("revision"),
+        Some(Kind::StringValue("hello-v2".into()))
+    );
+    assert_eq!(
+        field("namespace"),
+        Some(Kind::StringValue("default".into()))
+    );
+    assert_eq!(
+        field("hold_timeout"),
+        Some(Kind::StringValue("300s".into()))
+    );
+    assert_eq!(ferry.fields.len(), 4);
+}
