@@ -82,7 +82,7 @@ impl App {
         let registry = Arc::new(PoolRegistry::default());
         let filter_registry = ferry_filters::Registry::builtin();
         let logger = open_logger(&boot, opts.access_log.as_deref(), None)?;
-        let active = Active::build(boot, &registry, &filter_registry, logger.clone()).await?;
+        let active = Active::build(boot, None, &registry, &filter_registry, logger.clone()).await?;
 
         let admin_addr = match opts.admin {
             Some(a) => a,
@@ -234,8 +234,16 @@ impl App {
             tracing::warn!("admin address changes take effect on restart only");
         }
         let logger = open_logger(&boot, self.opts.access_log.as_deref(), self.logger.as_ref())?;
-        let next =
-            Active::build(boot, &self.registry, &self.filter_registry, logger.clone()).await?;
+        let prev = self.active.load_full();
+        let next = Active::build(
+            boot,
+            Some(&prev),
+            &self.registry,
+            &self.filter_registry,
+            logger.clone(),
+        )
+        .await?;
+        drop(prev);
         let prepared = self.listeners.prepare(&next)?;
         self.active.store(Arc::new(next));
         self.listeners.commit(prepared);

@@ -525,7 +525,10 @@ async fn send_with_retries(
             return result.map(|(r, ret)| (r, ret, endpoint));
         };
         // The retry budget / max_retries breaker: no slot, no retry (Envoy
-        // answers with what the last try got).
+        // answers with what the last try got). The previous retry's slot is
+        // given back first: the breaker counts retries in flight, and this
+        // request has at most one.
+        _retry_slot = None;
         let Some(slot) = cluster.breakers().try_retry() else {
             return result.map(|(r, ret)| (r, ret, endpoint));
         };

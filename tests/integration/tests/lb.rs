@@ -126,8 +126,11 @@ async fn random_is_uniform_and_not_a_rotation() {
 async fn least_request_prefers_fast_endpoints() {
     let fast1 = Backend::start("fast1").await;
     let fast2 = Backend::start("fast2").await;
+    // Slow enough to hold requests in flight even when a busy CI machine
+    // makes the fast endpoints slow too (P2C compares in-flight counts; ties
+    // fall to the first sample).
     let slow = Backend::builder("slow")
-        .delay(Duration::from_millis(200))
+        .delay(Duration::from_millis(500))
         .start()
         .await;
     let listen = free_addr().to_string();
