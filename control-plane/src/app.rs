@@ -96,7 +96,7 @@ impl ServeConfig {
             broker_listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             broker_nats: None,
             poll_interval: Duration::from_secs(1),
-            debounce: Duration::from_millis(100),
+            debounce: Duration::from_millis(10),
             debounce_max: Duration::from_secs(1),
             scaler: ScalerKind::None,
             live_scaling: false,
@@ -195,7 +195,7 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
     let (scaling_task, reports) = match start_scaling(&cfg, &serving, xds_addr).await? {
         Some((control_loop, reports)) => (
             Some(tokio::spawn(control_loop.run(shutdown_rx.clone()))),
-            Some(reports.into_service()),
+            Some(reports.with_shutdown(shutdown_rx.clone()).into_service()),
         ),
         None => (None, None),
     };

@@ -42,6 +42,8 @@ pub struct Options {
     /// The config file; in xDS mode, the static part (may be absent).
     pub config: Option<PathBuf>,
     pub xds: XdsFlags,
+    /// Where to stream load reports (the queue-proxy and activator roles).
+    pub report: Option<crate::report::ReportOptions>,
     pub admin: Option<SocketAddr>,
     pub concurrency: usize,
     pub drain_timeout: Duration,
@@ -120,6 +122,9 @@ impl App {
             ready: false.into(),
         });
         tokio::spawn(admin::serve(admin_listener, admin.clone()));
+        if let Some(r) = opts.report.clone() {
+            crate::report::spawn(r, crate::queue::registry().clone());
+        }
         let xds_updates = match xds {
             // Ready once the first dynamic config is applied, as Envoy waits
             // for its initial CDS/LDS.

@@ -42,6 +42,13 @@ struct Cli {
     /// the control plane is down starts serving them.
     #[arg(long, value_name = "DIR")]
     xds_cache: Option<PathBuf>,
+    /// Control plane to stream per-second load reports to (`http://host:port`):
+    /// the queue-proxy and activator roles' concurrency, for the autoscaler.
+    #[arg(long, value_name = "URL")]
+    report_to: Option<String>,
+    /// This proxy's name in load reports (the instance's pod name).
+    #[arg(long, value_name = "NAME", default_value = "ferry-proxy")]
+    pod_name: String,
     /// Check a config file, print every error with its field path, and exit
     /// (0 valid, 1 invalid).
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
@@ -103,6 +110,10 @@ fn main() -> ExitCode {
             delta: cli.xds_delta,
             cache_dir: cli.xds_cache,
         },
+        report: cli.report_to.map(|target| ferry_proxy::report::ReportOptions {
+            target,
+            pod: cli.pod_name,
+        }),
         admin: cli.admin,
         concurrency,
         drain_timeout: cli.drain_timeout,
