@@ -117,7 +117,9 @@ struct Known {
     set_scale: Option<u32>,
     /// The autoscaler's latest wanted scale and observed concurrency.
     desired: u32,
+    /// Panic- and stable-window averages of the last decision.
     concurrency: f64,
+    stable_concurrency: f64,
     panic: bool,
     ready: u32,
     /// What the last live line showed.
@@ -276,6 +278,7 @@ impl ControlLoop {
                             set_scale: None,
                             desired: 0,
                             concurrency: 0.0,
+                            stable_concurrency: 0.0,
                             panic: false,
                             ready: 0,
                             shown: None,
@@ -310,6 +313,7 @@ impl ControlLoop {
         for (key, r) in reports {
             if let Some(k) = self.known.get_mut(&key) {
                 k.concurrency = r.panic_avg;
+                k.stable_concurrency = r.stable_avg;
                 k.panic = r.panic;
             }
             self.set_scale(&key, r.scale).await;
@@ -384,7 +388,11 @@ impl ControlLoop {
         let Some(k) = self.known.get_mut(key) else {
             return;
         };
-        let now = (k.desired, k.ready, k.concurrency);
+        // The panic window's average is the live one; with a stable window
+        // under 10 s it is 1 s long and reads 0 whenever a tick comes before
+        // the current second's reports, so the larger of the two is shown.
+        let concurrency = k.concurrency.max(k.stable_concurrency);
+        let now = (k.desired, k.ready, concurrency);
         let changed = match k.shown {
             None => true,
             Some((d, r, c)) => {
@@ -433,4 +441,191 @@ pub fn reachable_revisions(snap: &ServingSnapshot) -> BTreeSet<RevisionKey> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::sync::{broadcast, watch};
+
+    use super::*;
+    use crate::model::manifest;
+    use crate::report_server::{proto, ReportServer};
+    use crate::scaler::{BoxFuture, Instance, ScalerError};
+    use crate::store::FileStore;
+
+    const HELLO: &str = include_str!("../../examples/hello/service.yaml");
+
+    /// A scaler whose instances are ready the moment they are asked for,
+    /// each with a made-up endpoint.
+    struct FakeScaler {
+        scales: Mutex<BTreeMap<RevisionKey, u32>>,
+        calls: Mutex<Vec<(String, u32)>>,
+        events: broadcast::Sender<ScalerEvent>,
+    }
+
+    impl FakeScaler {
+        fn new() -> Arc<FakeScaler> {
+            Arc::new(FakeScaler {
+                scales: Mutex::new(BTreeMap::new()),
+                calls: Mutex::new(Vec::new()),
+                events: broadcast::channel(64).0,
+            })
+        }
+
+        fn calls(&self) -> Vec<(String, u32)> {
+            lock(&self.calls).clone()
+        }
+    }
+
+    impl Scaler for FakeScaler {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn upsert(&self, w: Workload) -> BoxFuture<'_, Result<(), ScalerError>> {
+            lock(&self.scales).entry(w.key()).or_insert(0);
+            Box::pin(async { Ok(()) })
+        }
+        fn scale(&self, key: RevisionKey, n: u32) -> BoxFuture<'_, Result<(), ScalerError>> {
+            lock(&self.scales).insert(key.clone(), n);
+            lock(&self.calls).push((key.1.clone(), n));
+            let _ = self.events.send(ScalerEvent::Instances(key));
+            Box::pin(async { Ok(()) })
+        }
+        fn instances(&self, key: RevisionKey) -> BoxFuture<'_, Vec<Instance>> {
+            let n = lock(&self.scales).get(&key).copied().unwrap_or(0);
+            let base: u16 = if key.1 == "hello-v1" { 41000 } else { 42000 };
+            let out = (0..n)
+                .map(|i| Instance {
+                    name: format!("{}-{i}", key.1),
+                    endpoint: SocketAddr::from(([127, 0, 0, 1], base + i as u16)),
+                    ready: true,
+                })
+                .collect();
+            Box::pin(async move { out })
+        }
+        fn remove(&self, key: RevisionKey) -> BoxFuture<'_, ()> {
+            lock(&self.scales).remove(&key);
+            Box::pin(async {})
+        }
+        fn subscribe(&self) -> broadcast::Receiver<ScalerEvent> {
+            self.events.subscribe()
+        }
+        fn shutdown(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    /// Applied revisions start at their initial scale; the scaler's ready
+    /// instances become the runtime's endpoints and actual scale; the
+    /// autoscaler's decision is the desired scale; a deleted service's
+    /// revisions are removed and forgotten.
+    #[tokio::test]
+    async fn revisions_are_scaled_and_their_endpoints_published() {
+        let serving = Arc::new(Serving::new(
+            Arc::new(FileStore::memory()),
+            Arc::new(Runtime::new()),
+            "example.com",
+        ));
+        let fake = FakeScaler::new();
+        let mut cfg = ScalingConfig::new(fake.clone());
+        cfg.tick = Duration::from_millis(50);
+        let (lp, handle) = ControlLoop::new(serving.clone(), cfg);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(lp.run(stop_rx));
+
+        for m in manifest::parse(HELLO).unwrap_or_else(|e| panic!("{e}")) {
+            serving.apply(m).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let rt = serving.runtime().clone();
+        until("both revisions have an endpoint", || {
+            rt.endpoints_of("default", "hello-v1").len() == 1
+                && rt.endpoints_of("default", "hello-v2").len() == 1
+        })
+        .await;
+        let v1 = rt.get("default", "hello-v1");
+        assert_eq!((v1.actual_replicas, v1.desired_replicas), (1, 1));
+        assert_eq!(
+            rt.endpoints_of("default", "hello-v1"),
+            [SocketAddr::from(([127, 0, 0, 1], 41000))]
+        );
+        assert!(fake.calls().contains(&("hello-v1".to_string(), 1)));
+        assert_eq!(handle.ready(&("default".into(), "hello-v1".into())), 1);
+
+        // A load report through the report server reaches the autoscaler:
+        // a concurrency of 30 at target 10 × 70 % wants ⌈30 / 7⌉ = 5
+        // instances. (One report: reports of the same second add up.)
+        let server = ReportServer::new(handle.clone());
+        {
+            server.ingest(&proto::LoadReport {
+                pod_name: "hello-v1-0".into(),
+                stats: vec![proto::Stat {
+                    namespace: "default".into(),
+                    revision: "hello-v1".into(),
+                    average_concurrency: 30.0,
+                    request_count: 30.0,
+                    ..Default::default()
+                }],
+                trigger: proto::Trigger::Periodic as i32,
+                ..Default::default()
+            });
+        }
+        until("hello-v1 scales to 5", || {
+            rt.get("default", "hello-v1").actual_replicas == 5
+        })
+        .await;
+        assert_eq!(rt.endpoints_of("default", "hello-v1").len(), 5);
+
+        serving
+            .delete(crate::model::Kind::Service, "default", "hello")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        until("the revisions are forgotten", || {
+            rt.endpoints().is_empty() && lock(&fake.scales).is_empty()
+        })
+        .await;
+
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+
+    #[test]
+    fn reachability_follows_traffic_tags_and_the_latest_revision() {
+        let mut snap = ServingSnapshot::default();
+        let route: crate::model::serving::Route = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "hello", "namespace": "default"},
+            "spec": {},
+            "status": {"traffic": [
+                {"revisionName": "a", "percent": 100},
+                {"revisionName": "b", "percent": 0, "tag": "next"},
+                {"revisionName": "c", "percent": 0}
+            ]}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        snap.routes.push(route);
+        let cfg: crate::model::serving::Configuration = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "hello", "namespace": "default"},
+            "spec": {"template": {"spec": {"containers": [{"command": ["x"]}]}}},
+            "status": {"latestCreatedRevisionName": "d"}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        snap.configurations.push(cfg);
+        let r = reachable_revisions(&snap);
+        let names: Vec<&str> = r.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "d"]);
+    }
 }

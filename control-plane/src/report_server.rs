@@ -40,6 +40,9 @@ pub struct ReportCounters {
 pub struct ReportServer {
     handle: Arc<AutoscalerHandle>,
     counters: Arc<ReportCounters>,
+    /// Ends every stream when set: a proxy's stream never ends on its own,
+    /// and the gRPC server's graceful stop waits for open calls.
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl ReportServer {
@@ -47,7 +50,14 @@ impl ReportServer {
         ReportServer {
             handle,
             counters: Arc::new(ReportCounters::default()),
+            shutdown: None,
         }
+    }
+
+    /// Ends open streams when `shutdown` turns true.
+    pub fn with_shutdown(mut self, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     pub fn counters(&self) -> Arc<ReportCounters> {
@@ -118,7 +128,18 @@ impl LoadReporter for ReportServer {
         let mut stream = req.into_inner();
         let mut received = 0u64;
         let mut pod = String::new();
-        while let Some(report) = stream.message().await? {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let next = match shutdown.as_mut() {
+                Some(sd) => tokio::select! {
+                    m = stream.message() => m,
+                    _ = stopped(sd) => break,
+                },
+                None => stream.message().await,
+            };
+            let Some(report) = next? else {
+                break;
+            };
             received += 1;
             if pod.is_empty() {
                 pod.clone_from(&report.pod_name);
@@ -129,6 +150,11 @@ impl LoadReporter for ReportServer {
         tracing::debug!(%pod, received, "load report stream ended");
         Ok(tonic::Response::new(ReportAck { received }))
     }
+}
+
+/// Waits until the flag is set or its sender is gone.
+async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 #[cfg(test)]

@@ -141,7 +141,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The gateway of a previous `up` that was killed outright is still
+    // holding the gateway port: stop it first.
+    let run_dir = args.data_dir.join("run");
+    crate::scaler::process::kill_orphans(&run_dir).await;
+    let _ = tokio::fs::create_dir_all(&run_dir).await;
     let mut gateway = start_gateway(&args).await?;
+    crate::scaler::process::record_pids(&run_dir.join("gateway.pids"), &[gateway.id()]).await;
     let gateway_started = Instant::now();
 
     // `apply` is the CLI's own code (its output is the demo's), on a
@@ -329,7 +335,16 @@ async fn print_hints(args: &UpArgs, api: &str) {
     }
     println!("  # scale up: 50 concurrent clients, each request taking 100 ms in the app");
     println!("  wrk -c 50 -t 2 -d 60s -H 'Host: {main_host}' 'http://{gw}/?sleep=100'");
-    println!("  # scale to zero: leave it idle for the stable window (60 s) + grace (30 s),");
+    // The cluster-wide values (a revision's `window` annotation overrides
+    // the stable window); unparsable settings already stopped the start.
+    let global =
+        crate::autoscaler::GlobalConfig::from_map(&args.autoscaler.iter().cloned().collect())
+            .unwrap_or_default();
+    println!(
+        "  # scale to zero: leave it idle for the stable window ({} s) + grace ({} s),",
+        global.stable_window.as_secs(),
+        global.scale_to_zero_grace_period.as_secs()
+    );
     println!("  # then the cold start: the gateway holds the request until an instance is ready");
     println!("  time curl -H 'Host: {main_host}' http://{gw}/");
     println!("  ferry-control get revisions --server {api}");

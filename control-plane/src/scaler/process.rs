@@ -160,6 +160,9 @@ impl ProcessScaler {
     pub async fn start(cfg: ProcessScalerConfig) -> anyhow::Result<ProcessScaler> {
         use anyhow::Context as _;
         let dir = cfg.work_dir.join("instances");
+        // A previous run that was killed (SIGKILL, OOM) could not stop its
+        // children; they would hold ports and CPU forever.
+        kill_orphans(&dir).await;
         // Leftovers of a previous run (configs, logs) are not state.
         let _ = tokio::fs::remove_dir_all(&dir).await;
         tokio::fs::create_dir_all(&dir)
@@ -461,6 +464,8 @@ struct Running {
     app_addr: SocketAddr,
     ports: Vec<u16>,
     app_log: PathBuf,
+    /// `{pid} {start time}` of both children, for [`kill_orphans`].
+    pids: PathBuf,
 }
 
 /// Why an instance could not start.
@@ -529,6 +534,7 @@ async fn supervise(
                     set_status(SlotStatus { endpoint: None, ready: false });
                     stop_instance(&inner, &name, &mut run).await;
                     inner.release_ports(&run.ports);
+                    let _ = tokio::fs::remove_file(&run.pids).await;
                     return;
                 }
                 st = run.app.wait() => break ("app", st),
@@ -567,6 +573,7 @@ async fn supervise(
         let _ = run.app.wait().await;
         let _ = run.sidecar.wait().await;
         inner.release_ports(&run.ports);
+        let _ = tokio::fs::remove_file(&run.pids).await;
         let (which, exit) = crashed;
         let reason = match &exit {
             Ok(s) => match s.code() {
@@ -688,7 +695,10 @@ async fn start_instance(inner: &Inner, w: &Workload, name: &str) -> Result<Runni
             reason: "SidecarFailed",
             message: format!("starting {}: {e}", inner.cfg.proxy_bin.display()),
         })?;
+        let pids = dir.join(format!("{name}.pids"));
+        record_pids(&pids, &[app.id(), sidecar.id()]).await;
         Ok(Running {
+            pids,
             app,
             sidecar,
             endpoint: loopback(listen_port),
@@ -710,6 +720,61 @@ fn log_file(path: &Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .open(path)
+}
+
+/// A process's start time (clock ticks since boot, `/proc/PID/stat`
+/// field 22): with the pid, it names one process, never a later one that
+/// reused the pid.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Records children for [`kill_orphans`]. Best effort: without the record
+/// only the orphan cleanup is lost.
+pub(crate) async fn record_pids(path: &Path, pids: &[Option<u32>]) {
+    let record: String = pids
+        .iter()
+        .flatten()
+        .filter_map(|pid| start_time(*pid).map(|t| format!("{pid} {t}\n")))
+        .collect();
+    let _ = tokio::fs::write(path, record).await;
+}
+
+/// Kills the children recorded by a previous run that are still alive
+/// (same pid *and* start time).
+pub(crate) async fn kill_orphans(dir: &Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(e)) = entries.next_entry().await {
+        if e.path().extension().is_none_or(|x| x != "pids") {
+            continue;
+        }
+        let Ok(text) = tokio::fs::read_to_string(e.path()).await else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(Ok(pid)), Some(Ok(t))) = (
+                parts.next().map(str::parse::<u32>),
+                parts.next().map(str::parse::<u64>),
+            ) else {
+                continue;
+            };
+            if start_time(pid) == Some(t) {
+                tracing::warn!(pid, "killing an instance process left by a previous run");
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .stdin(Stdio::null())
+                    .status()
+                    .await;
+            }
+        }
+    }
 }
 
 /// A bare command name is looked for next to `ferry-control` first, then
@@ -893,6 +958,14 @@ mod tests {
             v["routes"][0]["virtual_hosts"][0]["routes"][0]["route"]["timeout"],
             "30s"
         );
+    }
+
+    #[test]
+    fn start_time_identifies_this_process() {
+        let me = std::process::id();
+        assert!(start_time(me).is_some());
+        assert_eq!(start_time(me), start_time(me));
+        assert_eq!(start_time(u32::MAX), None);
     }
 
     #[test]
