@@ -110,10 +110,12 @@ fn main() -> ExitCode {
             delta: cli.xds_delta,
             cache_dir: cli.xds_cache,
         },
-        report: cli.report_to.map(|target| ferry_proxy::report::ReportOptions {
-            target,
-            pod: cli.pod_name,
-        }),
+        report: cli
+            .report_to
+            .map(|target| ferry_proxy::report::ReportOptions {
+                target,
+                pod: cli.pod_name,
+            }),
         admin: cli.admin,
         concurrency,
         drain_timeout: cli.drain_timeout,

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! snapshot file ──poll 1 s──▶ SnapshotFile ──validate──▶ translate ──▶ Resources
-//!   (snapshot_file)            (field paths)             (translate)     │ debounce 10 ms 
+//!   (snapshot_file)            (field paths)             (translate)     │ debounce 10 ms
 //!                                                                        ▼
 //!   per node: watch<Arc<Resources>> ◀── SnapshotCache::set_default ◀────┘   (cache)
 //!        │

@@ -586,3 +586,285 @@ async fn restart_keeps_services_and_instances_come_back() {
         second.started.elapsed()
     );
 }
+
+/// A new revision takes all the traffic while clients keep sending: the
+/// gateway holds requests for it until its first instance is ready, the
+/// old one drains after leaving the endpoints; no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_under_load_fails_no_request() {
+    let dir = TestDir::new("scaling-rollout");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    let v1 = service("roll", 0, &[]);
+    std::fs::write(manifests.join("roll.yaml"), &v1).expect("write manifest");
+    let up = Up::start(&manifests, &dir.path().join("data"), &dir, 0).await;
+    up.wait_ready("roll-v1", 1, Duration::from_secs(20)).await;
+    up.wait_routed(&host("roll")).await;
+
+    let until = Instant::now() + Duration::from_secs(10);
+    let load_task = {
+        let url = up.url("/?sleep=20");
+        let host = host("roll");
+        tokio::spawn(async move {
+            let mut ts = Vec::new();
+            for _ in 0..4 {
+                let (url, host) = (url.clone(), host.clone());
+                ts.push(tokio::spawn(async move {
+                    let client = Client::h1();
+                    let mut out = Vec::new();
+                    while Instant::now() < until {
+                        match client.get_with(&url, &[("host", &host)]).await {
+                            Ok(r) => out.push((
+                                r.status,
+                                r.header("x-revision").unwrap_or_default().to_string(),
+                                r.text(),
+                            )),
+                            Err(e) => {
+                                out.push((StatusCode::BAD_GATEWAY, String::new(), e.to_string()))
+                            }
+                        }
+                    }
+                    out
+                }));
+            }
+            let mut all = Vec::new();
+            for t in ts {
+                all.extend(t.await.unwrap_or_default());
+            }
+            all
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The template changes: revision roll-v2, all traffic to the latest.
+    let v2 = v1.replace("roll-v1", "roll-v2").replace("yes", "v2");
+    let out = Command::new(binary_path("ferry-control"))
+        .args([
+            "apply",
+            "-f",
+            "-",
+            "--server",
+            &format!("http://{}", up.api),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            if let Some(mut stdin) = c.stdin.take() {
+                stdin.write_all(v2.as_bytes())?;
+            }
+            c.wait_with_output()
+        })
+        .expect("ferry-control apply");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers = load_task.await.unwrap_or_default();
+    let failed: Vec<_> = answers.iter().filter(|a| a.0 != StatusCode::OK).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rollout: {:?}\n{}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)],
+        up.logs()
+    );
+    let on_v2 = answers.iter().filter(|a| a.1 == "roll-v2").count();
+    assert!(on_v2 > 0, "no request reached roll-v2");
+    assert_eq!(
+        answers.last().map(|a| a.1.as_str()),
+        Some("roll-v2"),
+        "traffic did not move to roll-v2"
+    );
+    println!(
+        "rollout: {} requests, {} on roll-v2, none failed",
+        answers.len(),
+        on_v2
+    );
+}
+
+/// A 4× burst over a steady load puts the revision in panic mode: the
+/// panic window (10 % of 20 s = 2 s) sees it within a tick or two and the
+/// desired count jumps to the panic window's need. (A 1 s panic window
+/// would read 0 whenever a tick comes before the current second's reports,
+/// which arrive at each proxy's own second boundary.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4x_burst_panics() {
+    if !proxy_reports() {
+        return;
+    }
+    let dir = TestDir::new("scaling-panic");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::write(
+        manifests.join("burst.yaml"),
+        service(
+            "burst",
+            0,
+            // Two instances from the start: the steady load (2) is then
+            // 100 % of what they take, well below the panic threshold.
+            &[
+                ("target", "2"),
+                ("window", "20s"),
+                ("min-scale", "2"),
+                ("max-scale", "10"),
+            ],
+        ),
+    )
+    .expect("write manifest");
+    let up = Up::start(&manifests, &dir.path().join("data"), &dir, 0).await;
+    up.wait_ready("burst-v1", 2, Duration::from_secs(20)).await;
+    up.wait_routed(&host("burst")).await;
+
+    // Steady 2, then 8 (4×) for the rest of the test.
+    let url = up.url("/?sleep=250");
+    let steady_until = Instant::now() + Duration::from_secs(8);
+    let burst_until = steady_until + Duration::from_secs(8);
+    let spawn_clients = |n: usize, from: Instant, to: Instant| {
+        (0..n)
+            .map(|_| {
+                let (url, host) = (url.clone(), host("burst"));
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(from.into()).await;
+                    let client = Client::h1();
+                    while Instant::now() < to {
+                        let _ = client.get_with(&url, &[("host", &host)]).await;
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut clients = spawn_clients(2, Instant::now(), burst_until);
+    clients.extend(spawn_clients(6, steady_until, burst_until));
+
+    let panic_lines = |up: &Up| {
+        up.output()
+            .lines()
+            .filter(|l| l.contains("default/burst-v1") && l.contains("(panic)"))
+            .count()
+    };
+    tokio::time::sleep_until(steady_until.into()).await;
+    let before = up.replicas("burst-v1").await.1;
+    assert_eq!(
+        panic_lines(&up),
+        0,
+        "panic before the burst (steady load on {before})\n{}",
+        up.logs()
+    );
+    let burst = Instant::now();
+    let deadline = burst + Duration::from_secs(7);
+    let (mut panicked, mut after) = (None, 0);
+    while Instant::now() < deadline {
+        if panicked.is_none() && panic_lines(&up) > 0 {
+            panicked = Some(burst.elapsed());
+        }
+        after = up.replicas("burst-v1").await.1;
+        if panicked.is_some() && after >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+    let Some(took) = panicked else {
+        panic!("no panic within 7 s of a 4x burst\n{}", up.logs());
+    };
+    // ⌈8 / 1.4⌉ = 6 wanted in panic, within ± 1.
+    assert!(
+        after >= 5,
+        "desired {before} before the burst, {after} after\n{}",
+        up.logs()
+    );
+    println!("panic: {took:?} after a 4x burst; desired {before} -> {after}");
+}
+
+/// An instance whose app dies is restarted (its endpoint leaves and comes
+/// back); a revision whose app cannot stay up is reported failed with
+/// Knative's `ExitCode{n}` reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_are_restarted_and_a_crash_loop_fails_the_revision() {
+    let dir = TestDir::new("scaling-crash");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::write(manifests.join("a.yaml"), service("crashy", 0, &[])).expect("write");
+    std::fs::write(
+        manifests.join("b.yaml"),
+        "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: broken
+spec:
+  template:
+    metadata:
+      name: broken-v1
+    spec:
+      containers:
+        - command: [sh, -c, 'echo cannot start >&2; exit 3']
+",
+    )
+    .expect("write");
+    let up = Up::start(&manifests, &dir.path().join("data"), &dir, 0).await;
+    up.wait_ready("crashy-v1", 1, Duration::from_secs(20)).await;
+    up.wait_routed(&host("crashy")).await;
+    let client = Client::h1_no_pool();
+    let first = client
+        .get_with(&up.url("/"), &[("host", &host("crashy"))])
+        .await
+        .expect("GET");
+    let port = first.header("x-instance").unwrap_or_default().to_string();
+    let _ = client
+        .get_with(&up.url("/crash"), &[("host", &host("crashy"))])
+        .await;
+    // Back on a new app process (new port), within the first backoff.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = client
+            .get_with(&up.url("/"), &[("host", &host("crashy"))])
+            .await
+        {
+            if r.status == StatusCode::OK && r.header("x-instance") != Some(port.as_str()) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "crashy-v1 did not come back\n{}",
+            up.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Three crashes in a row (backoff 0.2 s, 0.4 s): Ready False.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rev = up.revision("broken-v1").await;
+        let ready = rev["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if ready["status"] == "False" {
+            assert_eq!(ready["reason"], "ExitCode3", "{ready}");
+            assert!(
+                ready["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("cannot start"),
+                "{ready}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broken-v1 not failed: {rev}\n{}",
+            up.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
