@@ -23,36 +23,11 @@ impl From<Duration> for Dur {
 }
 
 /// Parses `"<number><unit>"` with unit `ms`, `s`, `m` or `h` (or no unit:
-/// seconds). Fractions are allowed; negative values are not.
+/// seconds). One parser for the proxy's config and its filters' configs
+/// (which live in `ferry-filters`, below the proxy), so both accept the same
+/// spelling.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "invalid duration {text:?}: expected e.g. \"15s\" or \"250ms\""
-        ));
-    }
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: bad number {num:?}"))?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("invalid duration {text:?}: out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    ferry_filters::parse_duration(text)
 }
 
 impl fmt::Display for Dur {
