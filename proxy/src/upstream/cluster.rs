@@ -813,30 +813,42 @@ fn spawn_dns(cluster: &Arc<Cluster>) {
             let Some(cluster) = weak.upgrade() else {
                 return;
             };
-            match resolve(&cluster.config, &cluster.name).await {
-                Ok(targets) => {
-                    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
-                    let current: Vec<SocketAddr> = cluster
-                        .hosts
-                        .load()
-                        .endpoints
-                        .iter()
-                        .map(|e| e.addr)
-                        .collect();
-                    if last.as_ref() != Some(&addrs) && addrs != current {
-                        tracing::info!(cluster = %cluster.name, endpoints = ?addrs, "DNS endpoints changed");
-                        if let Err(e) = cluster.update_targets(targets) {
-                            tracing::warn!(cluster = %cluster.name, error = %e, "DNS update rejected");
-                        }
-                    }
-                    last = Some(addrs);
-                }
-                Err(e) => {
-                    tracing::warn!(cluster = %cluster.name, error = %e, "DNS refresh failed; keeping endpoints")
-                }
-            }
+            let resolved = resolve(&cluster.config, &cluster.name).await;
+            apply_resolved(&cluster, resolved, &mut last);
         }
     });
+}
+
+/// One DNS refresh: a new answer that differs from the last one and from
+/// what is serving replaces the endpoints (those that stayed keep their
+/// pools through the registry); a failed lookup keeps the endpoints.
+fn apply_resolved(
+    cluster: &Arc<Cluster>,
+    resolved: Result<Vec<Target>, ConfigError>,
+    last: &mut Option<Vec<SocketAddr>>,
+) {
+    match resolved {
+        Ok(targets) => {
+            let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
+            let current: Vec<SocketAddr> = cluster
+                .hosts
+                .load()
+                .endpoints
+                .iter()
+                .map(|e| e.addr)
+                .collect();
+            if last.as_ref() != Some(&addrs) && addrs != current {
+                tracing::info!(cluster = %cluster.name, endpoints = ?addrs, "DNS endpoints changed");
+                if let Err(e) = cluster.update_targets(targets) {
+                    tracing::warn!(cluster = %cluster.name, error = %e, "DNS update rejected");
+                }
+            }
+            *last = Some(addrs);
+        }
+        Err(e) => {
+            tracing::warn!(cluster = %cluster.name, error = %e, "DNS refresh failed; keeping endpoints")
+        }
+    }
 }
 
 #[cfg(test)]

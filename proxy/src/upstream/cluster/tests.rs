@@ -403,3 +403,35 @@ async fn start_makes_a_build_current_and_applies_its_limits() {
     assert!(held.is_some());
     assert!(old.breakers().try_request().is_none(), "shared counters");
 }
+
+/// A strict_dns re-resolution that answers differently replaces the
+/// endpoints, keeps the pool of an address that stayed, and a failed
+/// lookup changes nothing.
+#[test]
+fn dns_refresh_applies_a_changed_answer_and_keeps_it_on_failure() {
+    let reg = Arc::new(PoolRegistry::default());
+    let mut cfg = base("dns", LbPolicy::RoundRobin);
+    cfg.kind = ClusterKind::StrictDns;
+    let c = build(&cfg, 2, &reg);
+    let kept_pool = endpoint(&c, 1).pool.clone();
+    let addrs = |c: &Arc<Cluster>| -> Vec<SocketAddr> {
+        c.hosts.load().endpoints.iter().map(|e| e.addr).collect()
+    };
+    assert_eq!(addrs(&c), [targets(2)[0].addr, targets(2)[1].addr]);
+
+    // The name now resolves to ports 2 and 3.
+    let answer: Vec<Target> = targets(3).into_iter().skip(1).collect();
+    let mut last = None;
+    apply_resolved(&c, Ok(answer), &mut last);
+    let now = addrs(&c);
+    assert_eq!(now, [targets(3)[1].addr, targets(3)[2].addr]);
+    assert!(
+        Arc::ptr_eq(&endpoint(&c, 0).pool, &kept_pool),
+        "an address that stayed keeps its pool"
+    );
+    assert!(pickable(&c).contains(&targets(3)[2].addr));
+
+    // A failed lookup keeps what is serving.
+    apply_resolved(&c, Err(ConfigError::new("x", "lookup failed")), &mut last);
+    assert_eq!(addrs(&c), now);
+}
