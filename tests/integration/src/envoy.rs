@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::backend::Backend;
 use crate::client::Client;
 use crate::{binary_path, free_addr, free_port, wait_until, TestDir};
 
@@ -336,4 +337,45 @@ impl Drop for ControlPlane {
             eprintln!("{}", self.logs());
         }
     }
+}
+
+/// The snapshot both xDS interop tests serve (Envoy and ferry-proxy get the
+/// same resources): a listener on `port` whose route `/` splits between
+/// clusters `first` (backend `a`) and `second` (`b`); with `bad_regex`, a
+/// route with a regex RE2 rejects comes first.
+pub fn snapshot(
+    port: u16,
+    a: &Backend,
+    b: &Backend,
+    weights: (u32, u32),
+    bad_regex: bool,
+) -> String {
+    let bad = if bad_regex {
+        "          - {regex: \"([\", cluster: first}\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"listeners:
+  - {{name: web, address: 127.0.0.1, port: {port}, route_config: web_routes}}
+routes:
+  - name: web_routes
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+{bad}          - prefix: ""
+            weighted_clusters: [{{name: first, weight: {wa}}}, {{name: second, weight: {wb}}}]
+            timeout: 10s
+clusters:
+  - {{name: first, connect_timeout: 1s, endpoints: [{{address: "{a_ip}", port: {a_port}}}]}}
+  - {{name: second, connect_timeout: 1s, endpoints: [{{address: "{b_ip}", port: {b_port}}}]}}
+"#,
+        wa = weights.0,
+        wb = weights.1,
+        a_ip = a.addr.ip(),
+        a_port = a.addr.port(),
+        b_ip = b.addr.ip(),
+        b_port = b.addr.port(),
+    )
 }

@@ -7,48 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_integration_tests::envoy::{stat_sum, ControlPlane, Envoy, XdsMode};
+use ferry_integration_tests::envoy::{snapshot, stat_sum, ControlPlane, Envoy, XdsMode};
 use ferry_integration_tests::{five_sigma, free_port, tally, wait_until, Backend, Client};
 
 /// Requests for the split measurement.
 const N: usize = 1000;
 /// Time allowed for a config change to reach Envoy: the file poll (1 s),
-/// the debounce (100 ms) and Envoy's update, with room for a slow CI box.
+/// the debounce and Envoy's update, with room for a slow CI box.
 const PUSH_CAP: Duration = Duration::from_secs(20);
-
-/// A listener on `port` whose route `/` splits between clusters `first`
-/// and `second`; with `bad_regex`, a route with a regex RE2 rejects comes
-/// first.
-fn snapshot(port: u16, a: &Backend, b: &Backend, weights: (u32, u32), bad_regex: bool) -> String {
-    let bad = if bad_regex {
-        "          - {regex: \"([\", cluster: first}\n"
-    } else {
-        ""
-    };
-    format!(
-        r#"listeners:
-  - {{name: web, address: 127.0.0.1, port: {port}, route_config: web_routes}}
-routes:
-  - name: web_routes
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-{bad}          - prefix: ""
-            weighted_clusters: [{{name: first, weight: {wa}}}, {{name: second, weight: {wb}}}]
-            timeout: 10s
-clusters:
-  - {{name: first, connect_timeout: 1s, endpoints: [{{address: "{a_ip}", port: {a_port}}}]}}
-  - {{name: second, connect_timeout: 1s, endpoints: [{{address: "{b_ip}", port: {b_port}}}]}}
-"#,
-        wa = weights.0,
-        wb = weights.1,
-        a_ip = a.addr.ip(),
-        a_port = a.addr.port(),
-        b_ip = b.addr.ip(),
-        b_port = b.addr.port(),
-    )
-}
 
 fn assert_share(counts: &BTreeMap<String, usize>, n: usize, name: &str, p: f64) {
     let got = counts.get(name).copied().unwrap_or(0) as f64;

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use ferry_integration_tests::envoy::snapshot;
 use ferry_integration_tests::{
     binary_path, five_sigma, free_addr, free_port, tally, wait_until, Backend, Client, Proxy,
     TestDir,
@@ -24,39 +25,6 @@ use ferry_integration_tests::{
 const N: usize = 1000;
 /// File poll (1 s) + debounce + the proxy's apply, with room for slow CI.
 const PUSH_CAP: Duration = Duration::from_secs(20);
-
-/// Same shape as `xds_envoy.rs`: a listener on `port` whose route `/`
-/// splits between `first` and `second`.
-fn snapshot(port: u16, a: &Backend, b: &Backend, weights: (u32, u32), bad_regex: bool) -> String {
-    let bad = if bad_regex {
-        "          - {regex: \"([\", cluster: first}\n"
-    } else {
-        ""
-    };
-    format!(
-        r#"listeners:
-  - {{name: web, address: 127.0.0.1, port: {port}, route_config: web_routes}}
-routes:
-  - name: web_routes
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-{bad}          - prefix: ""
-            weighted_clusters: [{{name: first, weight: {wa}}}, {{name: second, weight: {wb}}}]
-            timeout: 10s
-clusters:
-  - {{name: first, connect_timeout: 1s, endpoints: [{{address: "{a_ip}", port: {a_port}}}]}}
-  - {{name: second, connect_timeout: 1s, endpoints: [{{address: "{b_ip}", port: {b_port}}}]}}
-"#,
-        wa = weights.0,
-        wb = weights.1,
-        a_ip = a.addr.ip(),
-        a_port = a.addr.port(),
-        b_ip = b.addr.ip(),
-        b_port = b.addr.port(),
-    )
-}
 
 /// `ferry-control serve` on fixed addresses, so a test can kill it and
 /// start it again where the proxy keeps reconnecting.
