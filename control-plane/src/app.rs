@@ -17,11 +17,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::{self, ApiState};
 use crate::control_loop::{ControlLoop, ScalingConfig};
+use crate::eventing::config::Resolver;
+use crate::eventing::log::JetStreamOptions;
+use crate::eventing::{BrokerOptions, Controller, Eventing, EventingMetrics};
 use crate::report_server::ReportServer;
 use crate::scaler::{ProcessScaler, ProcessScalerConfig, ScalerKind};
 use crate::store::{FileStore, Runtime, Serving};
-use crate::xds::cache::{self, NodeRegistry, Resources, SnapshotCache};
-use crate::xds::serving::{gateway_resources, GatewayConfig};
+use crate::xds::cache::{self, NodeRegistry, SnapshotCache};
+use crate::xds::serving::{model_resources, publish_model, GatewayConfig, Sidecars};
 use crate::xds::snapshot_file::FileWatcher;
 use crate::xds::{AdsServer, XdsMetrics};
 
@@ -43,14 +46,18 @@ pub struct ServeConfig {
     pub gateway_listen: SocketAddr,
     pub xds_listen: SocketAddr,
     pub api_listen: SocketAddr,
-    /// Brokers and Triggers (Knative manifests) for the eventing broker,
-    /// which runs only when this is set (docs/eventing.md).
+    /// Broker and Trigger manifests applied to the store at start, as
+    /// `apply -f` would (docs/eventing.md); Brokers and Triggers applied
+    /// through the API run whether or not this is set.
     pub broker_config: Option<PathBuf>,
-    /// The broker's ingress address.
+    /// The broker's ingress address (bound once a Broker exists).
     pub broker_listen: SocketAddr,
     /// NATS URL: keep the broker's logs in JetStream instead of the data
     /// directory.
     pub broker_nats: Option<String>,
+    /// Where triggers deliver to `ref` subscribers (a gateway proxy serving
+    /// this control plane's routes); `None`: `gateway_listen`.
+    pub broker_gateway: Option<SocketAddr>,
     /// How often the snapshot file is checked for changes.
     pub poll_interval: Duration,
     /// Quiet time before a changed snapshot is pushed.
@@ -95,6 +102,7 @@ impl ServeConfig {
             broker_config: None,
             broker_listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             broker_nats: None,
+            broker_gateway: None,
             poll_interval: Duration::from_secs(1),
             debounce: Duration::from_millis(10),
             debounce_max: Duration::from_secs(1),
@@ -119,11 +127,16 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
             FileStore::memory()
         }
     };
-    let serving = Arc::new(Serving::new(
-        Arc::new(store),
-        Arc::new(Runtime::new()),
-        cfg.domain.clone(),
-    ));
+    let autoscaler = crate::autoscaler::GlobalConfig::from_map(&cfg.autoscaler)
+        .context("the autoscaler settings")?;
+    let serving = Arc::new(
+        Serving::new(
+            Arc::new(store),
+            Arc::new(Runtime::new()),
+            cfg.domain.clone(),
+        )
+        .with_autoscaler(autoscaler),
+    );
     let gateway = GatewayConfig {
         listen: cfg.gateway_listen,
         domain: cfg.domain.clone(),
@@ -137,6 +150,7 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
         )),
         None => None,
     };
+    let mut sidecar_base = None;
     let initial = match (&mut watcher, &cfg.xds_snapshot) {
         (Some(w), Some(path)) => {
             let initial = w
@@ -150,9 +164,11 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
             initial
         }
         _ => {
-            let initial = model_resources(&serving, &gateway)
+            let resources = model_resources(&serving, &gateway)
                 .await
                 .context("translating the model")?;
+            let initial = Arc::new(resources.gateway);
+            sidecar_base = Some(resources.sidecar);
             tracing::info!(
                 data_dir = %cfg.data_dir.display(),
                 versions = %initial.versions_summary(),
@@ -172,18 +188,35 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
     let api_addr = api_listener.local_addr()?;
 
     let cache = Arc::new(SnapshotCache::new(initial));
+    // Instances' sidecars (node cluster `ferry-sidecar`) get their own
+    // snapshots: the mesh routes and an outbound listener each.
+    let sidecars = sidecar_base.map(|base| {
+        Arc::new(Sidecars::new(
+            cache.clone(),
+            format!("http://{xds_addr}"),
+            base,
+        ))
+    });
     let registry = Arc::new(NodeRegistry::new(metrics.clone()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let (updates_tx, updates_rx) = mpsc::channel(4);
     let watch_task = match watcher {
         Some(w) => tokio::spawn(w.run(updates_tx, shutdown_rx.clone())),
-        None => tokio::spawn(publish_model(
-            serving.clone(),
-            gateway.clone(),
-            updates_tx,
-            shutdown_rx.clone(),
-        )),
+        // The model's publisher writes the cache itself (rate-limited,
+        // first change at once); the debouncer is for the snapshot file,
+        // and ends at once without a sender.
+        None => {
+            drop(updates_tx);
+            tokio::spawn(publish_model(
+                serving.clone(),
+                gateway.clone(),
+                cache.clone(),
+                sidecars.clone(),
+                cfg.debounce,
+                shutdown_rx.clone(),
+            ))
+        }
     };
     let debounce_task = tokio::spawn(cache::debounce(
         updates_rx,
@@ -192,7 +225,8 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
         cfg.debounce_max,
     ));
 
-    let (scaling_task, reports) = match start_scaling(&cfg, &serving, xds_addr).await? {
+    let mesh = sidecars.map(|s| s as Arc<dyn crate::scaler::Mesh>);
+    let (scaling_task, reports) = match start_scaling(&cfg, &serving, xds_addr, mesh).await? {
         Some((control_loop, reports)) => (
             Some(tokio::spawn(control_loop.run(shutdown_rx.clone()))),
             Some(reports.with_shutdown(shutdown_rx.clone()).into_service()),
@@ -217,27 +251,17 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
         );
     let mut grpc_task = tokio::spawn(grpc);
 
+    let eventing_metrics = EventingMetrics::new(metrics.registry());
     let api_state = Arc::new(ApiState {
         registry,
         cache,
         metrics,
         serving: serving.clone(),
     });
+    let eventing_task = start_eventing(&cfg, &serving, eventing_metrics, shutdown_rx.clone())
+        .await
+        .context("starting the eventing broker")?;
     let api_task = tokio::spawn(api::serve(api_listener, api_state, shutdown_rx.clone()));
-    let broker = match &cfg.broker_config {
-        Some(path) => Some(
-            crate::eventing::broker::start_from_file(
-                path,
-                cfg.broker_listen,
-                &cfg.data_dir,
-                cfg.broker_nats.as_deref(),
-                shutdown_rx.clone(),
-            )
-            .await
-            .context("starting the eventing broker")?,
-        ),
-        None => None,
-    };
 
     tracing::info!(xds = %xds_addr, api = %api_addr, "ferry-control serving");
 
@@ -262,9 +286,8 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
     let drained = tokio::time::timeout(GRACE, async {
         let grpc_result = grpc_task.await;
         let _ = api_task.await;
-        if let Some(b) = broker {
-            b.join().await;
-        }
+        // Dispatchers save their cursors on the way out.
+        let _ = eventing_task.await;
         let _ = watch_task.await;
         // The watcher owned the sender, so the debouncer ends too.
         let _ = debounce_task.await;
@@ -282,18 +305,61 @@ pub async fn serve(cfg: ServeConfig, stop: impl Future<Output = ()>) -> anyhow::
     }
 }
 
+/// The eventing controller, after `--broker-config`'s objects are applied
+/// and its first pass ran: the brokers and triggers stored now run (their
+/// cursors exist, the ingress answers) before `serve` reports ready.
+async fn start_eventing(
+    cfg: &ServeConfig,
+    serving: &Arc<Serving>,
+    metrics: EventingMetrics,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if let Some(path) = &cfg.broker_config {
+        let n = crate::eventing::seed::apply_file(serving, path).await?;
+        tracing::info!(path = %path.display(), objects = n, "broker config applied");
+    }
+    let mut gateway = cfg.broker_gateway.unwrap_or(cfg.gateway_listen);
+    if gateway.ip().is_unspecified() {
+        // A wildcard listener is reached on loopback.
+        gateway.set_ip(match gateway.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let resolver = Resolver {
+        domain: cfg.domain.clone(),
+        gateway: gateway.to_string(),
+    };
+    let mut opts = BrokerOptions::new(cfg.broker_listen, cfg.data_dir.join("eventing"), resolver);
+    opts.nats = cfg.broker_nats.as_deref().map(JetStreamOptions::new);
+    let mut controller = Controller::new(
+        serving.clone(),
+        Eventing::new(opts, metrics, shutdown.clone()),
+    );
+    match controller.converge().await {
+        Ok(false) => {}
+        Ok(true) => tracing::warn!(
+            "eventing: some brokers or triggers are not ready yet (see their status); retrying"
+        ),
+        Err(e) => tracing::error!(error = %e, "eventing: reading the store failed; retrying"),
+    }
+    Ok(tokio::spawn(controller.run(shutdown)))
+}
+
 /// The scaler and the control loop, when `cfg.scaler` asks for them.
 async fn start_scaling(
     cfg: &ServeConfig,
     serving: &Arc<Serving>,
     xds_addr: SocketAddr,
+    mesh: Option<Arc<dyn crate::scaler::Mesh>>,
 ) -> anyhow::Result<Option<(ControlLoop, ReportServer)>> {
     let scaler: Arc<dyn crate::scaler::Scaler> = match cfg.scaler {
         ScalerKind::None => return Ok(None),
         ScalerKind::Process => {
             // Sidecars report to the xDS port, which serves both.
             let report_to = format!("http://{xds_addr}");
-            let pcfg = ProcessScalerConfig::new(cfg.data_dir.clone(), Some(report_to));
+            let mut pcfg = ProcessScalerConfig::new(cfg.data_dir.clone(), Some(report_to));
+            pcfg.mesh = mesh;
             Arc::new(
                 ProcessScaler::start(pcfg)
                     .await
@@ -303,49 +369,8 @@ async fn start_scaling(
     };
     let mut scfg = ScalingConfig::new(scaler);
     scfg.live = cfg.live_scaling;
-    scfg.global = crate::autoscaler::GlobalConfig::from_map(&cfg.autoscaler)
-        .context("the autoscaler settings")?;
+    scfg.global = serving.autoscaler().clone();
     let (control_loop, handle) = ControlLoop::new(serving.clone(), scfg);
     Ok(Some((control_loop, ReportServer::new(handle))))
 }
 
-/// The gateway's resources for the model as stored now.
-async fn model_resources(
-    serving: &Serving,
-    gateway: &GatewayConfig,
-) -> anyhow::Result<Arc<Resources>> {
-    let snap = serving.snapshot(None).await?;
-    let endpoints = serving.runtime().endpoints();
-    Ok(Arc::new(gateway_resources(gateway, &snap, &endpoints)))
-}
-
-/// Re-translates the model on every store commit or runtime change and
-/// hands the result to the debouncer (which coalesces bursts, e.g. an
-/// apply writing four objects, or many endpoints arriving at once).
-async fn publish_model(
-    serving: Arc<Serving>,
-    gateway: GatewayConfig,
-    updates: mpsc::Sender<Arc<Resources>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let (mut store_version, mut runtime_version) = serving.watch();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            r = store_version.changed() => if r.is_err() { return },
-            r = runtime_version.changed() => if r.is_err() { return },
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        match model_resources(&serving, &gateway).await {
-            Ok(resources) => {
-                if updates.send(resources).await.is_err() {
-                    return;
-                }
-            }
-            // The previous resources keep serving; the next change retries.
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "translating the model failed"),
-        }
-    }
-}

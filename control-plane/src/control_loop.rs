@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::autoscaler::{Annotations, Autoscaler, GlobalConfig, Stat, TICK_INTERVAL};
+use crate::autoscaler::{Annotations, Autoscaler, ConfigError, GlobalConfig, Stat, TICK_INTERVAL};
 use crate::clock::SystemClock;
+use crate::model::serving::Revision;
 use crate::scaler::{Scaler, ScalerEvent, Workload};
 use crate::store::{Runtime, Serving, ServingSnapshot};
 
@@ -117,9 +118,8 @@ struct Known {
     set_scale: Option<u32>,
     /// The autoscaler's latest wanted scale and observed concurrency.
     desired: u32,
-    /// Panic- and stable-window averages of the last decision.
+    /// The panic-window average of the last decision.
     concurrency: f64,
-    stable_concurrency: f64,
     panic: bool,
     ready: u32,
     /// What the last live line showed.
@@ -223,22 +223,19 @@ impl ControlLoop {
             let key = (rev.metadata.namespace.clone(), rev.metadata.name.clone());
             seen.insert(key.clone());
             let workload = Workload::from_revision(rev);
-            let mut annotations = match Annotations::from_annotations(
-                rev.metadata
-                    .annotations
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            ) {
+            let annotations = match revision_annotations(rev, reachable.contains(&key)) {
                 Ok(a) => a,
                 Err(e) => {
                     // Validated on apply; only a store written by another
                     // version could get here. Knative's defaults then.
                     tracing::error!(revision = %key.1, error = %e, "bad autoscaling annotations");
-                    Annotations::default()
+                    Annotations {
+                        container_concurrency: Some(workload.container_concurrency),
+                        reachable: Some(reachable.contains(&key)),
+                        ..Annotations::default()
+                    }
                 }
             };
-            annotations.container_concurrency = Some(workload.container_concurrency);
-            annotations.reachable = Some(reachable.contains(&key));
 
             let (workload_changed, annotations_changed) = match self.known.get(&key) {
                 Some(k) => (k.workload != workload, k.annotations != annotations),
@@ -278,7 +275,6 @@ impl ControlLoop {
                             set_scale: None,
                             desired: 0,
                             concurrency: 0.0,
-                            stable_concurrency: 0.0,
                             panic: false,
                             ready: 0,
                             shown: None,
@@ -313,7 +309,6 @@ impl ControlLoop {
         for (key, r) in reports {
             if let Some(k) = self.known.get_mut(&key) {
                 k.concurrency = r.panic_avg;
-                k.stable_concurrency = r.stable_avg;
                 k.panic = r.panic;
             }
             self.set_scale(&key, r.scale).await;
@@ -388,10 +383,9 @@ impl ControlLoop {
         let Some(k) = self.known.get_mut(key) else {
             return;
         };
-        // The panic window's average is the live one; with a stable window
-        // under 10 s it is 1 s long and reads 0 whenever a tick comes before
-        // the current second's reports, so the larger of the two is shown.
-        let concurrency = k.concurrency.max(k.stable_concurrency);
+        // The panic window's average is the live one (the last complete
+        // seconds' load).
+        let concurrency = k.concurrency;
         let now = (k.desired, k.ready, concurrency);
         let changed = match k.shown {
             None => true,
@@ -418,6 +412,21 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
+/// A revision's autoscaler settings: its template's
+/// `autoscaling.knative.dev/*` annotations, its `containerConcurrency`, and
+/// whether a route can send it traffic.
+pub fn revision_annotations(rev: &Revision, reachable: bool) -> Result<Annotations, ConfigError> {
+    let mut a = Annotations::from_annotations(
+        rev.metadata
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
+    a.container_concurrency = Some(Workload::from_revision(rev).container_concurrency);
+    a.reachable = Some(reachable);
+    Ok(a)
+}
+
 /// Revisions a route can send traffic to: named in a route's resolved
 /// traffic with a percent or a tag, or the latest created revision of a
 /// configuration (Knative's "pending" routing state: not routed yet, but
@@ -442,6 +451,9 @@ pub fn reachable_revisions(snap: &ServingSnapshot) -> BTreeSet<RevisionKey> {
     }
     out
 }
+
+#[cfg(test)]
+mod annotation_tests;
 
 #[cfg(test)]
 mod tests {

@@ -65,12 +65,17 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     api_listen: SocketAddr,
     /// Brokers and Triggers (Knative eventing.knative.dev/v1 manifests) to
-    /// run the eventing broker with; without it the broker is off.
+    /// apply to the store at start, as `apply -f FILE` would.
     #[arg(long, value_name = "FILE")]
     broker_config: Option<PathBuf>,
-    /// Address of the broker ingress (`POST /{namespace}/{broker}`).
+    /// Address of the broker ingress (`POST /{namespace}/{broker}`),
+    /// bound once a Broker exists.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8090")]
     broker_listen: SocketAddr,
+    /// The gateway proxy triggers deliver through to `ref` subscribers
+    /// (Ferry Services); default: the --gateway-listen address.
+    #[arg(long, value_name = "ADDR")]
+    broker_gateway: Option<SocketAddr>,
     /// Keep the broker's event logs in NATS JetStream at this URL (e.g.
     /// nats://127.0.0.1:4222) instead of the embedded log in --data-dir.
     #[arg(long, value_name = "URL")]
@@ -136,6 +141,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     cfg.broker_config = args.broker_config;
     cfg.broker_listen = args.broker_listen;
     cfg.broker_nats = args.broker_nats;
+    cfg.broker_gateway = args.broker_gateway;
     cfg.scaler = args.scaler;
     match runtime.block_on(app::serve(cfg, stop_signal())) {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,6 +52,9 @@ pub struct UpArgs {
     /// The REST API (`ferry-control get … --server http://ADDR`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     pub api_listen: SocketAddr,
+    /// The eventing broker's ingress (bound once a Broker is applied).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8090")]
+    pub broker_listen: SocketAddr,
     /// A cluster-wide autoscaler setting, `KEY=VALUE` (Knative's
     /// `config-autoscaler` keys, e.g. `scale-to-zero-grace-period=10s`,
     /// `stable-window=20s`); repeatable.
@@ -108,6 +111,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut cfg = ServeConfig::model(args.data_dir.clone(), args.xds_listen, args.api_listen);
     cfg.domain = args.domain.clone();
     cfg.gateway_listen = args.gateway_listen;
+    cfg.broker_listen = args.broker_listen;
     cfg.scaler = ScalerKind::Process;
     cfg.live_scaling = true;
     cfg.autoscaler = args.autoscaler.iter().cloned().collect();

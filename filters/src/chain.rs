@@ -20,10 +20,26 @@ pub(crate) struct Resolved {
     filters: Box<[Option<FilterRef>]>,
     slots: Box<[u16]>,
     n_states: usize,
+    body: BodyHooks,
+}
+
+/// Which body hooks some filter in effect implements, known at build time
+/// so a request whose filters have none streams its bodies untouched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BodyHooks {
+    request: bool,
+    buffer_request: bool,
+    response: bool,
 }
 
 impl Resolved {
     pub(crate) fn new(filters: Vec<Option<FilterRef>>) -> Resolved {
+        let mut body = BodyHooks::default();
+        for f in filters.iter().flatten() {
+            body.buffer_request |= f.buffers_request_body();
+            body.request |= f.wants_request_body() || f.buffers_request_body();
+            body.response |= f.wants_response_body();
+        }
         let mut n_states = 0usize;
         let slots = filters
             .iter()
@@ -40,6 +56,7 @@ impl Resolved {
             filters: filters.into(),
             slots,
             n_states,
+            body,
         }
     }
 
@@ -215,6 +232,25 @@ impl RequestFilters {
     /// host, the request id).
     pub fn ctx_mut(&mut self) -> &mut RequestCtx {
         &mut self.ctx
+    }
+
+    /// Whether the request body must pass through
+    /// [`Self::on_request_body`] (streamed or buffered).
+    pub fn wants_request_body(&self) -> bool {
+        self.resolved.body.request
+    }
+
+    /// Whether the whole request body must go through
+    /// [`Self::on_request_body`] before the request goes upstream (see
+    /// [`HttpFilter::buffers_request_body`]).
+    pub fn buffers_request_body(&self) -> bool {
+        self.resolved.body.buffer_request
+    }
+
+    /// Whether the response body must pass through
+    /// [`Self::on_response_body`] and [`Self::on_response_trailers`].
+    pub fn wants_response_body(&self) -> bool {
+        self.resolved.body.response
     }
 
     /// Runs the request-head hooks in chain order. `Delay(d)`: wait `d`, then

@@ -5,7 +5,7 @@
 //! per-route overrides ([`RouteFilters`]) and the per-request driver
 //! ([`RequestFilters`]); the explicit name → factory [`Registry`]; every
 //! built-in filter and its config ([`fault`], [`local_ratelimit`],
-//! [`header_mutation`], [`cors`], [`rbac`]); the injectable [`Clock`] and
+//! [`header_mutation`], [`cors`], [`rbac`], [`buffer`]); the injectable [`Clock`] and
 //! [`Random`] they read.
 //!
 //! **Must not touch:** sockets, hyper, tokio, the proxy's snapshot, router or
@@ -35,10 +35,15 @@
 //!         Action::Respond(r) => return f.local_response(r), // response hooks of earlier filters run
 //!     }
 //! }
-//! // body chunks: f.on_request_body(&mut chunk, eos) -> Flow (Respond = answer, drop upstream)
+//! // f.buffers_request_body(): read the whole body first, each chunk through
+//! //   f.on_request_body(&mut chunk, eos) -> Flow (Respond = answer, no upstream request),
+//! //   then forward it with content-length;
+//! // else f.wants_request_body(): the same hook per chunk as the body streams
+//! //   upstream (Respond = answer, abandon the upstream request).
 //! f.ctx_mut().upstream_host = Some(endpoint_addr);
 //! match f.on_response_head(&mut resp_head) { Flow::Continue => {}, Flow::Respond(r) => return r.into_response() }
-//! // while streaming: f.on_response_body(&mut chunk, eos); f.on_response_trailers(&mut trailers)
+//! // f.wants_response_body(): while streaming, f.on_response_body(&mut chunk, eos)
+//! //   and f.on_response_trailers(&mut trailers)
 //! ```
 //! The pipeline's own error responses (404, 503, …) produced after the chain
 //! ran should also go through [`RequestFilters::on_response_head`], so CORS
@@ -61,6 +66,7 @@ mod error;
 mod matcher;
 mod registry;
 
+pub mod buffer;
 pub mod cors;
 pub mod fault;
 pub mod header_mutation;
@@ -120,10 +126,40 @@ pub trait HttpFilter: Send + Sync + 'static {
         false
     }
 
+    /// true when the filter implements [`HttpFilter::on_request_body`]. The
+    /// pipeline passes a request body through the hooks only when a filter
+    /// of the request's chain says so; other requests stream untouched.
+    fn wants_request_body(&self) -> bool {
+        false
+    }
+
+    /// true when the request must not go upstream before its whole body
+    /// went through the request-body hooks (Envoy's buffer filter). The
+    /// pipeline then reads the body first, keeps it in memory, and forwards
+    /// it with `content-length`; the filter bounds it by answering from
+    /// [`HttpFilter::on_request_body`] when it grows too large. Implies
+    /// [`HttpFilter::wants_request_body`].
+    fn buffers_request_body(&self) -> bool {
+        false
+    }
+
+    /// true when the filter implements [`HttpFilter::on_response_body`] or
+    /// [`HttpFilter::on_response_trailers`]; otherwise response bodies
+    /// stream untouched.
+    fn wants_response_body(&self) -> bool {
+        false
+    }
+
     fn on_request_head(&self, _cx: &mut FilterCx<'_>, _head: &mut request::Parts) -> Action {
         Action::Continue
     }
 
+    /// One data frame of the request body (`end`: the last one; an empty
+    /// chunk with `end` when the body ends without data). Only called when
+    /// [`HttpFilter::wants_request_body`] (or `buffers_request_body`) says
+    /// so. `Flow::Respond` answers the client with the reply instead and
+    /// abandons the upstream request. Runs once per chunk, whatever the
+    /// number of upstream tries.
     fn on_request_body(&self, _cx: &mut FilterCx<'_>, _chunk: &mut Bytes, _end: bool) -> Flow {
         Flow::Continue
     }
@@ -133,9 +169,13 @@ pub trait HttpFilter: Send + Sync + 'static {
     }
 
     /// Response bytes are already streaming to the client: modify in place
-    /// only.
+    /// only. Only called when [`HttpFilter::wants_response_body`] says so
+    /// (and for the body of a local reply). A response whose body may change
+    /// goes out without `content-length`.
     fn on_response_body(&self, _cx: &mut FilterCx<'_>, _chunk: &mut Bytes, _end: bool) {}
 
+    /// The response's trailers, after its last data frame. Only called when
+    /// [`HttpFilter::wants_response_body`] says so.
     fn on_response_trailers(&self, _cx: &mut FilterCx<'_>, _trailers: &mut HeaderMap) {}
 }
 

@@ -10,7 +10,7 @@ use crate::chain::{FilterChain, FilterRef, Resolved, RouteFilters};
 use crate::config::{FilterSpec, PerFilterConfig};
 use crate::env::FilterEnv;
 use crate::error::{Errors, FilterConfigError};
-use crate::{cors, fault, header_mutation, local_ratelimit, rbac, HttpFilter};
+use crate::{buffer, cors, fault, header_mutation, local_ratelimit, rbac, HttpFilter};
 
 /// Builds one filter instance from its untyped config. Error paths are
 /// relative to the config (`abort.http_status`).
@@ -28,6 +28,7 @@ impl Registry {
     /// The built-in filters, on the given clock and RNG.
     pub fn new(env: FilterEnv) -> Registry {
         let table: Vec<(&'static str, BuildFn)> = vec![
+            (buffer::NAME, buffer::build),
             (cors::NAME, cors::build),
             (fault::NAME, fault::build),
             (header_mutation::NAME, header_mutation::build),

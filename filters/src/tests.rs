@@ -20,6 +20,9 @@ struct Tag {
     tag: HeaderValue,
     respond: bool,
     stateful: bool,
+    body: bool,
+    /// Answers from the request-body hook at the end of the body.
+    refuse_body: bool,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +33,11 @@ struct TagConfig {
     respond: bool,
     #[serde(default)]
     stateful: bool,
+    /// Declares its body hooks.
+    #[serde(default)]
+    body: bool,
+    #[serde(default)]
+    refuse_body: bool,
 }
 
 fn build_tag(v: &Value, _: &FilterEnv) -> Result<Arc<dyn HttpFilter>, Vec<FilterConfigError>> {
@@ -40,12 +48,20 @@ fn build_tag(v: &Value, _: &FilterEnv) -> Result<Arc<dyn HttpFilter>, Vec<Filter
         tag,
         respond: c.respond,
         stateful: c.stateful,
+        body: c.body,
+        refuse_body: c.refuse_body,
     }))
 }
 
 impl HttpFilter for Tag {
     fn wants_state(&self) -> bool {
         self.stateful
+    }
+    fn wants_request_body(&self) -> bool {
+        self.body
+    }
+    fn wants_response_body(&self) -> bool {
+        self.body
     }
     fn on_request_head(&self, cx: &mut FilterCx<'_>, head: &mut request::Parts) -> Action {
         head.headers.append("x-req", self.tag.clone());
@@ -57,7 +73,10 @@ impl HttpFilter for Tag {
         }
         Action::Continue
     }
-    fn on_request_body(&self, _: &mut FilterCx<'_>, chunk: &mut Bytes, _: bool) -> Flow {
+    fn on_request_body(&self, _: &mut FilterCx<'_>, chunk: &mut Bytes, end: bool) -> Flow {
+        if self.refuse_body && end {
+            return Flow::Respond(LocalReply::new(http::StatusCode::PAYLOAD_TOO_LARGE, "no"));
+        }
         let mut b = chunk.to_vec();
         b.extend_from_slice(self.tag.as_bytes());
         *chunk = b.into();
@@ -74,6 +93,9 @@ impl HttpFilter for Tag {
         let mut b = chunk.to_vec();
         b.extend_from_slice(self.tag.as_bytes());
         *chunk = b.into();
+    }
+    fn on_response_trailers(&self, _: &mut FilterCx<'_>, trailers: &mut http::HeaderMap) {
+        trailers.append("x-trailer", self.tag.clone());
     }
 }
 
@@ -118,6 +140,72 @@ fn request_in_order_response_in_reverse() {
     let mut chunk = Bytes::from_static(b"<");
     f.on_response_body(&mut chunk, true);
     assert_eq!(chunk, "<cba");
+}
+
+#[test]
+fn body_hooks_are_known_at_build_time_per_route() {
+    let fx = fx();
+    let chain = fx.chain(ABC);
+    let (f, _, _) = run(&chain, None, &mut get(&[]));
+    assert!(!f.wants_request_body() && !f.wants_response_body() && !f.buffers_request_body());
+
+    let chain = fx.chain(
+        "
+        - {name: a, config: {tag: a}}
+        - {name: b, config: {tag: b, body: true}}",
+    );
+    let (f, _, _) = run(&chain, None, &mut get(&[]));
+    assert!(f.wants_request_body() && f.wants_response_body());
+    assert!(!f.buffers_request_body());
+    let off = fx.route(&chain, None, "{b: {disabled: true}}").expect("route");
+    let (f, _, _) = run(&chain, Some(&off), &mut get(&[]));
+    assert!(
+        !f.wants_request_body() && !f.wants_response_body(),
+        "with the body filter off on the route, nothing wraps the bodies"
+    );
+}
+
+#[test]
+fn response_body_and_trailer_hooks_run_in_reverse() {
+    let fx = fx();
+    let chain = fx.chain(
+        "
+        - {name: a, config: {tag: a, body: true}}
+        - {name: b, config: {tag: b, body: true}}
+        - {name: c, config: {tag: c, body: true}}",
+    );
+    let (mut f, _, _) = run(&chain, None, &mut get(&[]));
+    let mut chunk = Bytes::from_static(b"1");
+    f.on_response_body(&mut chunk, false);
+    let mut last = Bytes::new();
+    f.on_response_body(&mut last, true);
+    assert_eq!((chunk.as_ref(), last.as_ref()), (&b"1cba"[..], &b"cba"[..]));
+    let mut t = http::HeaderMap::new();
+    f.on_response_trailers(&mut t);
+    assert_eq!(all(&t, "x-trailer"), ["c", "b", "a"]);
+}
+
+#[test]
+fn a_request_body_reply_returns_through_earlier_filters_only() {
+    let fx = fx();
+    let chain = fx.chain(
+        "
+        - {name: a, config: {tag: a, body: true}}
+        - {name: b, config: {tag: b, body: true, refuse_body: true}}
+        - {name: c, config: {tag: c, body: true}}",
+    );
+    let (mut f, _, _) = run(&chain, None, &mut get(&[]));
+    let mut chunk = Bytes::from_static(b">");
+    assert!(matches!(f.on_request_body(&mut chunk, false), Flow::Continue));
+    assert_eq!(chunk, ">abc");
+    let mut chunk = Bytes::new();
+    let Flow::Respond(r) = f.on_request_body(&mut chunk, true) else {
+        panic!("b refuses at the end")
+    };
+    let r = f.local_response(r);
+    assert_eq!(r.status(), 413);
+    assert_eq!(all(r.headers(), "x-resp"), ["a"], "c and b never see it");
+    assert_eq!(r.body(), "noa");
 }
 
 #[test]
@@ -209,7 +297,7 @@ fn route_override_errors_have_paths() {
         [
             "route.per_filter_config.a: `disabled: true` and `config` cannot both be set",
             "route.per_filter_config.fault.config.abort.http_status: 1 is not a status in [200, 600)",
-            "route.per_filter_config.nope: unknown filter \"nope\" (known: a, b, c, cors, fault, header_mutation, local_ratelimit, rbac)",
+            "route.per_filter_config.nope: unknown filter \"nope\" (known: a, b, buffer, c, cors, fault, header_mutation, local_ratelimit, rbac)",
         ]
     );
 }
@@ -228,7 +316,7 @@ fn registry_errors_have_paths() {
         errs,
         [
             "http_filters[1].name: duplicate filter \"rbac\" (also at http_filters[0])",
-            "http_filters[2].name: unknown filter \"foo\" (known: cors, fault, header_mutation, local_ratelimit, rbac)",
+            "http_filters[2].name: unknown filter \"foo\" (known: buffer, cors, fault, header_mutation, local_ratelimit, rbac)",
             "http_filters[3].config.bogus: unknown field `bogus`, expected one of `allow_origin_string_match`, `allow_methods`, `allow_headers`, `expose_headers`, `max_age`, `allow_credentials`, `forward_not_matching_preflights`",
         ]
     );

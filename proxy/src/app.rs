@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::access_log::AccessLogger;
 use crate::active::Active;
@@ -63,6 +63,9 @@ pub struct App {
     last_seen: Option<u64>,
     /// Updates from the xDS client (None without xDS).
     xds_updates: Option<mpsc::Receiver<XdsApply>>,
+    /// Where a reloaded static part goes to be merged with the xDS
+    /// resources (None without xDS).
+    xds_static: Option<watch::Sender<Option<Bootstrap>>>,
 }
 
 fn file_hash(path: &std::path::Path) -> Option<u64> {
@@ -120,18 +123,25 @@ impl App {
         let admin = Arc::new(AdminState {
             active: active.clone(),
             ready: false.into(),
+            changed: tokio::sync::Notify::new(),
         });
         tokio::spawn(admin::serve(admin_listener, admin.clone()));
         if let Some(r) = opts.report.clone() {
             crate::report::spawn(r, crate::queue::registry().clone());
         }
-        let xds_updates = match xds {
+        let (xds_updates, xds_static) = match xds {
             // Ready once the first dynamic config is applied, as Envoy waits
             // for its initial CDS/LDS.
-            Some(x) => Some(spawn_xds(x, active.load().config.as_ref().clone())),
+            Some(x) => {
+                let (updates, statics) = spawn_xds(x, active.load().config.as_ref().clone())
+                    .map_err(|e| {
+                        ConfigError::new("", format!("cannot start the xDS thread: {e}"))
+                    })?;
+                (Some(updates), Some(statics))
+            }
             None => {
                 admin.ready.store(true, Ordering::Release);
-                None
+                (None, None)
             }
         };
         tracing::info!(admin = %admin_addr, workers = opts.concurrency, "ferry-proxy ready");
@@ -147,6 +157,7 @@ impl App {
             admin,
             last_seen,
             xds_updates,
+            xds_static,
         })
     }
 
@@ -184,6 +195,7 @@ impl App {
                         Ok(()) => {
                             STATS.config_reload_ok.inc();
                             self.admin.ready.store(true, Ordering::Release);
+                            self.admin.changed.notify_waiters();
                         }
                         Err(_) => STATS.config_reload_failed.inc(),
                     }
@@ -198,17 +210,33 @@ impl App {
     }
 
     async fn reload(&mut self) {
-        if self.active.load().config.xds.is_some() || self.opts.xds.server.is_some() {
+        self.last_seen = self.opts.config.as_deref().and_then(file_hash);
+        if let Some(statics) = &self.xds_static {
             // The running config is the file's static part merged with the
-            // control plane's resources; re-reading the file alone would drop
-            // the dynamic part.
-            tracing::warn!(
-                "config file reloads are not supported with xDS: restart to change the static part"
-            );
-            self.last_seen = self.opts.config.as_deref().and_then(file_hash);
+            // control plane's resources: the xDS side re-merges the new
+            // static part and applies the result through `apply` like any
+            // update (it logs what it rejects).
+            let Some(path) = self.opts.config.clone() else {
+                return;
+            };
+            match config::load_file(&path) {
+                Ok(boot) => {
+                    if boot.xds != self.active.load().config.xds {
+                        tracing::warn!("xds section changes take effect on restart only");
+                    }
+                    tracing::info!("static config reloaded; merging with the xDS resources");
+                    statics.send_replace(Some(boot));
+                }
+                Err(errors) => {
+                    STATS.config_reload_failed.inc();
+                    for e in &errors.0 {
+                        tracing::error!("config rejected: {e}");
+                    }
+                    tracing::error!("reload failed; the previous config keeps serving");
+                }
+            }
             return;
         }
-        self.last_seen = self.opts.config.as_deref().and_then(file_hash);
         match self.try_reload().await {
             Ok(()) => {
                 STATS.config_reload_ok.inc();
@@ -239,6 +267,8 @@ impl App {
             tracing::warn!("admin address changes take effect on restart only");
         }
         let logger = open_logger(&boot, self.opts.access_log.as_deref(), self.logger.as_ref())?;
+        // Wall-clock measurement for the log line, not logic.
+        let started = std::time::Instant::now();
         let prev = self.active.load_full();
         let next = Active::build(
             boot,
@@ -249,10 +279,17 @@ impl App {
         )
         .await?;
         drop(prev);
+        let built = started.elapsed();
         let prepared = self.listeners.prepare(&next)?;
         self.active.store(Arc::new(next));
         self.listeners.commit(prepared);
+        self.admin.changed.notify_waiters();
         self.logger = logger;
+        tracing::debug!(
+            build_ms = built.as_secs_f64() * 1000.0,
+            total_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "config built and published"
+        );
         Ok(())
     }
 
@@ -304,25 +341,47 @@ fn xds_options(flags: &XdsFlags, boot: &Bootstrap) -> Result<Option<XdsOptions>,
     Ok(Some(opts))
 }
 
-/// Starts the xDS client; every complete config it assembles is sent to the
-/// control loop, which applies it and answers with the outcome.
-fn spawn_xds(opts: XdsOptions, static_base: Bootstrap) -> mpsc::Receiver<XdsApply> {
+/// Starts the xDS client on its own thread; every complete config it
+/// assembles is sent to the control loop, which applies it and answers with
+/// the outcome. Returns that queue and the sender for reloaded static parts.
+///
+/// Its own thread (and runtime) so that the ADS stream's HTTP/2 connection
+/// never waits for the control loop: while a config is built there, the
+/// stream still answers the server's keepalive PINGs, and decoding and
+/// translating the next update does not stall the admin server or health
+/// checks.
+fn spawn_xds(
+    opts: XdsOptions,
+    static_base: Bootstrap,
+) -> std::io::Result<(
+    mpsc::Receiver<XdsApply>,
+    watch::Sender<Option<Bootstrap>>,
+)> {
     let (tx, rx) = mpsc::channel::<XdsApply>(1);
-    tokio::spawn(async move {
-        let apply = move |boot: Bootstrap| {
-            let tx = tx.clone();
-            async move {
-                let (reply, outcome) = oneshot::channel();
-                let stopped = || ConfigErrors::from(ConfigError::new("", "proxy is shutting down"));
-                tx.send((boot, reply)).await.map_err(|_| stopped())?;
-                outcome.await.unwrap_or_else(|_| Err(stopped()))
-            }
-        };
-        // `run` only returns when the client cannot start at all.
-        let Err(e) = crate::xds::run(opts, static_base, apply).await;
-        tracing::error!(error = %e, "xDS client stopped");
-    });
-    rx
+    let (statics_tx, statics_rx) = watch::channel(None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("ferry-xds".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let apply = move |boot: Bootstrap| {
+                    let tx = tx.clone();
+                    async move {
+                        let (reply, outcome) = oneshot::channel();
+                        let stopped =
+                            || ConfigErrors::from(ConfigError::new("", "proxy is shutting down"));
+                        tx.send((boot, reply)).await.map_err(|_| stopped())?;
+                        outcome.await.unwrap_or_else(|_| Err(stopped()))
+                    }
+                };
+                // `run` only returns when the client cannot start at all.
+                let Err(e) = crate::xds::run(opts, static_base, statics_rx, apply).await;
+                tracing::error!(error = %e, "xDS client stopped");
+            })
+        })?;
+    Ok((rx, statics_tx))
 }
 
 async fn recv_update(rx: &mut Option<mpsc::Receiver<XdsApply>>) -> Option<XdsApply> {

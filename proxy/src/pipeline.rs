@@ -4,7 +4,9 @@
 //! 2. read the authority (400 when absent) and route (404 when nothing
 //!    matches);
 //! 3. settle the request id, then run the listener's HTTP filters on the
-//!    request head (a filter may delay, or answer);
+//!    request head (a filter may delay, or answer); a filter that buffers
+//!    the request body has it read whole now, through the body hooks (and
+//!    may answer);
 //! 4. local replies (direct response, redirect) end here; otherwise choose
 //!    the cluster (weighted split); a queue cluster admits, queues or
 //!    refuses the request (the queue-proxy role); take a request slot from
@@ -12,12 +14,15 @@
 //!    cluster: hold the request until one arrives (the activator role);
 //! 5. rewrite the head for upstream: hop-by-hop headers, forwarding headers,
 //!    route header ops, host/path rewrite, protocol translation;
-//! 6. send, under the route timeout; a failed try is retried per the
-//!    route's retry policy (another endpoint, backoff, retry budget, the
-//!    body replayed from its kept copy);
+//! 6. send, under the route timeout, the body through the filters'
+//!    request-body hooks when they have any (a hook may answer: the upstream
+//!    request is abandoned); a failed try is retried per the route's retry
+//!    policy (another endpoint, backoff, retry budget, the body replayed
+//!    from its kept copy, past the hooks);
 //! 7. rewrite the response head, run the filters' response hooks (on local
-//!    replies and errors too), count it, stream the body back (the
-//!    access-log record is finished when the body ends).
+//!    replies and errors too), count it, stream the body back, through the
+//!    response-body hooks when the filters have any (the access-log record
+//!    is finished when the body ends).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use ferry_filters::{Action as FilterAction, Flow, RequestCtx, RequestFilters};
+use ferry_filters::{Action as FilterAction, Flow, LocalReply, RequestCtx, RequestFilters};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{request, Request, Response, StatusCode, Uri, Version};
@@ -37,6 +42,7 @@ use crate::active::{Active, ListenerRt};
 use crate::config::UpstreamProtocol;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::body::ProxyBody;
+use crate::http::filtered::{self, FilteredBody, Filters, SharedFilters, Unbuffered};
 use crate::http::headers::{is_upgrade, new_request_id, strip_hop_by_hop};
 use crate::http::replay::Replay;
 use crate::queue::{Role, X_FERRY_PROXIED};
@@ -111,7 +117,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
         None => req.map(ProxyBody::Incoming),
     };
 
-    let mut filters: Option<RequestFilters> = None;
+    let mut filters: Option<Filters> = None;
     let mut outcome = Outcome::default();
     let mut resp =
         match route_and_forward(req, &conn, &active, &listener, &mut filters, &mut outcome).await {
@@ -125,7 +131,7 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
             }
         };
     if let (Some(f), false) = (filters.as_mut(), outcome.answered_by_filter) {
-        resp = response_filters(f, resp);
+        resp = f.with(|f| response_filters(f, resp));
     }
     let status = resp.status().as_u16();
     listener.stats.rq.inc(status);
@@ -154,7 +160,24 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
         });
         resp = attach_completion(resp, completion);
     }
-    resp
+    match (filters, outcome.answered_by_filter) {
+        // A local reply went through the body hooks already.
+        (Some(f), false) => response_body_hooks(f, resp),
+        _ => resp,
+    }
+}
+
+/// Passes the response body through the filters' response-body hooks when
+/// they have any; the body may change length, so `content-length` goes.
+fn response_body_hooks(mut f: Filters, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let wanted = f.with(|f| f.wants_response_body());
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if !wanted || switching || resp.body().is_end_stream() {
+        return resp;
+    }
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    let ex = f.into_shared();
+    resp.map(|body| FilteredBody::response(body, ex))
 }
 
 /// The filters' response-head hooks; a filter may replace the response.
@@ -234,7 +257,7 @@ async fn route_and_forward(
     conn: &ConnCtx,
     active: &Active,
     listener: &ListenerRt,
-    filters: &mut Option<RequestFilters>,
+    filters: &mut Option<Filters>,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Some(table) = listener.routes.as_ref() else {
@@ -268,11 +291,28 @@ async fn route_and_forward(
         f.ctx_mut().request_id = Some(request_id);
         let (mut head, body) = req.into_parts();
         let answer = run_request_filters(&mut f, &mut head).await;
+        let (answer, body) = match answer {
+            None if f.buffers_request_body() && !body.is_end_stream() => {
+                // Boxed: only requests whose filters buffer pay for its
+                // state.
+                match Box::pin(filtered::read_whole(&mut f, body)).await {
+                    Ok((whole, len)) => {
+                        framed_as_buffered(&mut head.headers, &whole, len);
+                        (None, whole)
+                    }
+                    Err(Unbuffered::Answered(reply)) => (Some(reply), ProxyBody::Empty),
+                    Err(Unbuffered::Failed(e)) => {
+                        *filters = Some(Filters::Owned(f));
+                        return Err(ProxyError::with_cause(ErrorKind::BadRequest, e));
+                    }
+                }
+            }
+            answer => (answer, body),
+        };
         req = Request::from_parts(head, body);
-        let f = filters.insert(f);
+        let f = filters.insert(Filters::Owned(f));
         if let Some(reply) = answer {
-            outcome.answered_by_filter = true;
-            return Ok(f.local_response(reply).map(ProxyBody::full));
+            return Ok(answered(f, reply, outcome));
         }
     }
 
@@ -349,11 +389,21 @@ async fn route_and_forward(
         && is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare_upstream_head(&mut req, conn, route, cluster, authority, new_path, upgrade)?;
+    let hooked = (!upgrade)
+        .then(|| request_body_hooks(filters, &mut req))
+        .flatten();
 
-    let (mut resp, returner, endpoint) =
-        send_with_retries(req, route, cluster, endpoint, hash, upgrade, outcome).await?;
+    let sent = send_with_retries(req, route, cluster, endpoint, hash, upgrade, hooked, outcome).await;
+    // A request-body hook answered: its reply replaces whatever the
+    // abandoned upstream request came to.
+    if let Some(reply) = filters.as_mut().and_then(Filters::take_reply) {
+        if let Some(f) = filters.as_mut() {
+            return Ok(answered(f, reply, outcome));
+        }
+    }
+    let (mut resp, returner, endpoint) = sent?;
     if let Some(f) = filters.as_mut() {
-        f.ctx_mut().upstream_host = Some(endpoint.addr);
+        f.with(|f| f.ctx_mut().upstream_host = Some(endpoint.addr));
     }
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -370,6 +420,56 @@ async fn route_and_forward(
         }
         body
     }))
+}
+
+/// The response to a filter's local reply: it passes back through the
+/// filters before the one that answered, body hooks included.
+fn answered(f: &mut Filters, reply: LocalReply, outcome: &mut Outcome) -> Response<ProxyBody> {
+    outcome.answered_by_filter = true;
+    f.with(|f| f.local_response(reply)).map(ProxyBody::full)
+}
+
+/// A body read whole goes upstream with its exact length (chunked only
+/// when it has trailers, which need it).
+fn framed_as_buffered(headers: &mut http::HeaderMap, body: &ProxyBody, len: u64) {
+    headers.remove(header::TRANSFER_ENCODING);
+    if matches!(body, ProxyBody::FullWithTrailers(..)) {
+        headers.remove(header::CONTENT_LENGTH);
+    } else {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+}
+
+/// Puts the request body on the filters' request-body hooks when they
+/// stream it (a buffered body went through them already), and shares the
+/// filters with the body streams when any body hook needs them. Some: the
+/// filters as the request body's hooks see them.
+fn request_body_hooks(
+    filters: &mut Option<Filters>,
+    req: &mut Request<ProxyBody>,
+) -> Option<SharedFilters> {
+    let mut f = filters.take()?;
+    let (stream, response) = f.with(|f| {
+        (
+            f.wants_request_body() && !f.buffers_request_body(),
+            f.wants_response_body(),
+        )
+    });
+    let stream = stream && !req.body().is_end_stream();
+    if !stream && !response {
+        *filters = Some(f);
+        return None;
+    }
+    let ex = f.into_shared();
+    *filters = Some(Filters::Shared(ex.clone()));
+    if !stream {
+        return None;
+    }
+    // The hooks may change the body's length.
+    req.headers_mut().remove(header::CONTENT_LENGTH);
+    let body = std::mem::replace(req.body_mut(), ProxyBody::Empty);
+    *req.body_mut() = FilteredBody::request(body, ex.clone());
+    Some(ex)
 }
 
 /// Runs the request-head hooks, honouring delays. Some(reply): a filter
@@ -431,6 +531,7 @@ async fn send_with_retries(
     first: Arc<Endpoint>,
     hash: Option<u64>,
     upgrade: bool,
+    hooked: Option<SharedFilters>,
     outcome: &mut Outcome,
 ) -> Result<Sent, ProxyError> {
     let (head, body) = req.into_parts();
@@ -476,7 +577,7 @@ async fn send_with_retries(
         let result = {
             let _inflight = ActiveRequest::new(endpoint.clone());
             let sent_at = Instant::now();
-            let send = endpoint.pool.send(try_req, upgrade);
+            let send = endpoint.pool().send(try_req, upgrade);
             let r = match limit {
                 Some(l) => match tokio::time::timeout(l, send).await {
                     Ok(r) => r,
@@ -519,6 +620,11 @@ async fn send_with_retries(
             }
         };
 
+        // A request-body hook answered: the try failed for that, and the
+        // caller sends the filter's reply.
+        if hooked.as_ref().is_some_and(filtered::answered) {
+            return result.map(|(r, ret)| (r, ret, endpoint));
+        }
         let retry = policy
             .filter(|p| p.should_retry(failure) && retries < p.num_retries && payload.can_replay());
         let Some(policy) = retry else {

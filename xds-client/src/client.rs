@@ -8,6 +8,12 @@
 //!   response ─▶ decode ─▶ Handler::apply ─▶ ACK (record, persist) | NACK
 //!                                        └▶ subscription changes ─▶ requests
 //! ```
+//!
+//! A resource whose bytes are those of the accepted one (state of the world
+//! re-sends every resource of a type on each change) is not decoded: the
+//! handler gets its name in [`Update::unchanged`]. What the client keeps of
+//! an accepted resource is its version and a hash (plus its bytes when a
+//! cache directory is set), never the decoded message.
 
 use std::collections::{BTreeSet, HashSet};
 use std::convert::Infallible;
@@ -25,8 +31,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::Backoff;
 use crate::error::Error;
-use crate::handler::{decode_erased, Decoded, Handler, Rejected, Source, Update, XdsResource};
-use crate::state::{Accepted, TypeState};
+use crate::handler::{
+    decode_erased, decode_name_only, Decoded, Handler, Rejected, Source, Update, XdsResource,
+};
+use crate::state::{accepted_by_hash, body_hash, Accepted, TypeState};
 
 /// State of the world or incremental.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,6 +147,20 @@ impl AdsClient {
         self
     }
 
+    /// Subscribes to `T` without decoding its resources: the handler gets
+    /// each one's bytes ([`Update::encoded`]) and decodes what it needs, for
+    /// instance only the parts of a large resource that changed. The client
+    /// reads the name (field 1, as in every xDS resource type) and rejects a
+    /// resource whose top-level fields do not parse; anything deeper is the
+    /// handler's to reject.
+    pub fn watch_encoded<T: XdsResource>(mut self) -> Self {
+        if self.index(&T::type_url()).is_none() {
+            self.types
+                .push(TypeState::new(T::type_url(), T::WILDCARD, decode_name_only));
+        }
+        self
+    }
+
     /// Envoy's ADS order: CDS → EDS → LDS → RDS, so clusters and their
     /// endpoints are known before the listeners and routes that use them.
     pub fn envoy_types(self) -> Self {
@@ -231,25 +253,41 @@ impl AdsClient {
 
         let mut rejected = Vec::new();
         let mut decoded = Vec::with_capacity(resp.resources.len());
+        let mut unchanged = Vec::new();
         let mut raw = Vec::with_capacity(resp.resources.len());
         let mut seen = HashSet::new();
+        let known = accepted_by_hash(&st.accepted);
         for (i, any) in resp.resources.into_iter().enumerate() {
-            match decode_any(st, &any) {
-                Err(reason) => rejected.push(Rejected::new(
-                    format!("resources[{i}]"),
-                    format!("resources[{i}]: {reason}"),
-                )),
-                Ok((name, value)) => {
-                    if !seen.insert(name.clone()) {
-                        let reason = format!("{name:?}: duplicate resource name in response");
-                        rejected.push(Rejected::new(name, reason));
+            let hash = body_hash(&any.value);
+            let same = known.get(&hash).filter(|_| any.type_url == st.type_url);
+            let name = match same {
+                Some(name) => name.to_string(),
+                None => match decode_any(st, &any) {
+                    Err(reason) => {
+                        rejected.push(Rejected::new(
+                            format!("resources[{i}]"),
+                            format!("resources[{i}]: {reason}"),
+                        ));
                         continue;
                     }
-                    raw.push((name.clone(), any));
-                    decoded.push(Decoded::new(name, String::new(), value));
-                }
+                    Ok((name, value)) => {
+                        decoded.push(Decoded::new(name.clone(), String::new(), value));
+                        name
+                    }
+                },
+            };
+            if !seen.insert(name.clone()) {
+                let reason = format!("{name:?}: duplicate resource name in response");
+                rejected.push(Rejected::new(name, reason));
+                continue;
             }
+            if same.is_some() {
+                unchanged.push(name.clone());
+            }
+            let body = self.config.cache_dir.is_some().then_some(any.value);
+            raw.push((name, hash, body));
         }
+        drop(known);
         if !rejected.is_empty() {
             nack(out, st, node, &rejected);
             return;
@@ -267,6 +305,7 @@ impl AdsClient {
             type_url: st.type_url.clone(),
             version: resp.version_info.clone(),
             resources: decoded,
+            unchanged,
             removed,
             full_state: st.wildcard,
             source: Source::Server,
@@ -279,12 +318,13 @@ impl AdsClient {
             if st.wildcard {
                 st.accepted.clear();
             }
-            for (name, any) in raw {
+            for (name, hash, body) in raw {
                 st.accepted.insert(
                     name,
                     Accepted {
                         version: resp.version_info.clone(),
-                        any,
+                        hash,
+                        body,
                     },
                 );
             }
@@ -343,6 +383,7 @@ impl AdsClient {
 
         let mut rejected = Vec::new();
         let mut decoded = Vec::with_capacity(resp.resources.len());
+        let mut unchanged = Vec::new();
         let mut raw = Vec::with_capacity(resp.resources.len());
         let mut seen = HashSet::new();
         for (i, r) in resp.resources.into_iter().enumerate() {
@@ -356,28 +397,46 @@ impl AdsClient {
                 rejected.push(Rejected::new(label, reason));
                 continue;
             };
-            match decode_any(st, &any) {
-                Err(reason) => {
-                    let reason = format!("{label:?}: {reason}");
-                    rejected.push(Rejected::new(label, reason));
-                }
-                Ok((inner_name, value)) => {
-                    // The wrapper's name is the subscription key; fall back
-                    // to the message's own when a server leaves it empty.
-                    let name = if r.name.is_empty() {
-                        inner_name
-                    } else {
-                        r.name
-                    };
-                    if !seen.insert(name.clone()) {
-                        let reason = format!("{name:?}: duplicate resource name in response");
-                        rejected.push(Rejected::new(name, reason));
+            let hash = body_hash(&any.value);
+            // A server may re-send what the client holds (after a reconnect
+            // whose initial versions it could not match, or on any change of
+            // its own versioning): recognised by name and bytes, not decoded.
+            let same = !r.name.is_empty()
+                && any.type_url == st.type_url
+                && st.accepted.get(&r.name).is_some_and(|a| a.hash == hash);
+            let name = if same {
+                r.name
+            } else {
+                match decode_any(st, &any) {
+                    Err(reason) => {
+                        let reason = format!("{label:?}: {reason}");
+                        rejected.push(Rejected::new(label, reason));
                         continue;
                     }
-                    raw.push((name.clone(), r.version.clone(), any));
-                    decoded.push(Decoded::new(name, r.version, value));
+                    Ok((inner_name, value)) => {
+                        // The wrapper's name is the subscription key; fall
+                        // back to the message's own when a server leaves it
+                        // empty.
+                        let name = if r.name.is_empty() {
+                            inner_name
+                        } else {
+                            r.name
+                        };
+                        decoded.push(Decoded::new(name.clone(), r.version.clone(), value));
+                        name
+                    }
                 }
+            };
+            if !seen.insert(name.clone()) {
+                let reason = format!("{name:?}: duplicate resource name in response");
+                rejected.push(Rejected::new(name, reason));
+                continue;
             }
+            if same {
+                unchanged.push(name.clone());
+            }
+            let body = self.config.cache_dir.is_some().then_some(any.value);
+            raw.push((name, r.version, hash, body));
         }
         if !rejected.is_empty() {
             nack(out, st, node, &rejected);
@@ -387,6 +446,7 @@ impl AdsClient {
             type_url: st.type_url.clone(),
             version: resp.system_version_info.clone(),
             resources: decoded,
+            unchanged,
             removed: resp.removed_resources.clone(),
             full_state: false,
             source: Source::Server,
@@ -399,8 +459,15 @@ impl AdsClient {
             for name in &resp.removed_resources {
                 st.accepted.remove(name);
             }
-            for (name, version, any) in raw {
-                st.accepted.insert(name, Accepted { version, any });
+            for (name, version, hash, body) in raw {
+                st.accepted.insert(
+                    name,
+                    Accepted {
+                        version,
+                        hash,
+                        body,
+                    },
+                );
             }
             st.version = resp.system_version_info;
             tracing::debug!(type_url = %st.type_url, version = %st.version, "ACK");
@@ -518,7 +585,8 @@ impl AdsClient {
                 };
                 match decode_any(st, &any) {
                     Ok((_, value)) => {
-                        raw.push((r.name.clone(), r.version.clone(), any));
+                        let hash = body_hash(&any.value);
+                        raw.push((r.name.clone(), r.version.clone(), hash, any.value));
                         decoded.push(Decoded::new(r.name, r.version, value));
                     }
                     Err(_) => {
@@ -535,6 +603,7 @@ impl AdsClient {
                 type_url: st.type_url.clone(),
                 version: cached.system_version_info.clone(),
                 resources: decoded,
+                unchanged: Vec::new(),
                 removed: Vec::new(),
                 full_state: true,
                 source: Source::Cache,
@@ -548,10 +617,17 @@ impl AdsClient {
                 continue;
             }
             if !st.wildcard {
-                st.names.extend(raw.iter().map(|(n, _, _)| n.clone()));
+                st.names.extend(raw.iter().map(|(n, _, _, _)| n.clone()));
             }
-            for (name, version, any) in raw {
-                st.accepted.insert(name, Accepted { version, any });
+            for (name, version, hash, body) in raw {
+                st.accepted.insert(
+                    name,
+                    Accepted {
+                        version,
+                        hash,
+                        body: Some(body),
+                    },
+                );
             }
             st.version = cached.system_version_info;
             tracing::info!(type_url = %st.type_url, version = %st.version, resources = st.accepted.len(), "replayed xDS cache");

@@ -5,7 +5,9 @@
 //! The client decodes every `Any` into the Rust type registered for its type
 //! URL (see [`XdsResource`]) before the handler sees it, so a resource that
 //! does not even decode is rejected here and the handler only ever deals with
-//! well-formed protos.
+//! well-formed protos. The exception is a type registered with
+//! [`AdsClient::watch_encoded`](crate::AdsClient::watch_encoded): its
+//! resources arrive as bytes, with only their name read.
 
 use std::any::Any;
 use std::collections::BTreeSet;
@@ -138,6 +140,27 @@ impl Decoded {
     pub fn get<T: XdsResource>(&self) -> Option<&T> {
         self.value.downcast_ref::<T>()
     }
+
+    /// The resource's bytes, for a type registered with
+    /// [`AdsClient::watch_encoded`](crate::AdsClient::watch_encoded).
+    pub fn encoded(&self) -> Option<&[u8]> {
+        self.value.downcast_ref::<Encoded>().map(|e| e.0.as_slice())
+    }
+}
+
+/// A resource of a type registered with
+/// [`AdsClient::watch_encoded`](crate::AdsClient::watch_encoded): handed
+/// over as received, for the handler to decode what it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Encoded(pub Vec<u8>);
+
+/// Field 1 of a message, as a string: the name of every xDS resource type
+/// (`name`, or `cluster_name` for a ClusterLoadAssignment). Decoding only it
+/// walks the top-level fields and skips the rest without decoding them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NameField {
+    #[prost(string, tag = "1")]
+    name: String,
 }
 
 /// Every change of one type carried by one response (or one cache file).
@@ -146,14 +169,21 @@ pub struct Update {
     pub type_url: String,
     /// `version_info` (state of the world) or `system_version_info` (delta).
     pub version: String,
-    /// Added or changed resources; in state of the world, every resource
-    /// the response carried.
+    /// Added or changed resources. A resource the response carried with the
+    /// very bytes already accepted is not decoded again and is not here: it
+    /// is listed in `unchanged` (state of the world re-sends every resource
+    /// of a type, so an update of one endpoint in a thousand clusters
+    /// carries one changed resource and 999 unchanged ones).
     pub resources: Vec<Decoded>,
+    /// Names the response carried unchanged since they were accepted: the
+    /// handler keeps what it made of them.
+    pub unchanged: Vec<String>,
     /// Names that no longer exist: absent from a wildcard state-of-the-world
     /// response, or listed in a delta response's `removed_resources`.
     pub removed: Vec<String>,
     /// The update holds the whole set of the type (a wildcard SotW response
-    /// or a cache replay) rather than changes to it.
+    /// or a cache replay; `resources` and `unchanged` together) rather than
+    /// changes to it.
     pub full_state: bool,
     pub source: Source,
 }
@@ -173,6 +203,7 @@ impl Update {
                 .into_iter()
                 .map(|r| Decoded::new(r.resource_name().to_string(), String::new(), Box::new(r)))
                 .collect(),
+            unchanged: Vec::new(),
             removed,
             full_state: false,
             source: Source::Server,
@@ -181,6 +212,15 @@ impl Update {
 
     pub fn is<T: XdsResource>(&self) -> bool {
         self.type_url == T::type_url()
+    }
+
+    /// The encoded resources (name, bytes), if this update is of a type
+    /// registered with [`AdsClient::watch_encoded`](crate::AdsClient::watch_encoded).
+    pub fn encoded(&self) -> Vec<(&str, &[u8])> {
+        self.resources
+            .iter()
+            .filter_map(|d| d.encoded().map(|b| (d.name.as_str(), b)))
+            .collect()
     }
 
     /// The resources as `T`, if this update is of `T`'s type.
@@ -243,4 +283,14 @@ pub(crate) fn decode_erased<T: XdsResource>(
 ) -> Result<(String, Box<dyn Any + Send>), prost::DecodeError> {
     let message = T::decode(bytes)?;
     Ok((message.resource_name().to_string(), Box::new(message)))
+}
+
+/// The decoder of a type registered encoded: reads the name (field 1) and
+/// keeps the bytes.
+pub(crate) fn decode_name_only(
+    bytes: &[u8],
+) -> Result<(String, Box<dyn Any + Send>), prost::DecodeError> {
+    use prost::Message;
+    let name = NameField::decode(bytes)?.name;
+    Ok((name, Box::new(Encoded(bytes.to_vec()))))
 }

@@ -17,12 +17,25 @@ use crate::handler::{DecodeFn, Rejected};
 /// gRPC `INVALID_ARGUMENT`: the code Envoy puts in a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;
 
-/// One accepted resource, kept raw: it is re-announced on reconnect (delta
-/// `initial_resource_versions`) and written to the cache as received.
+/// One accepted resource, as little of it as the protocol needs: its
+/// version is re-announced on reconnect (delta `initial_resource_versions`),
+/// its hash recognises the resource when a response carries it again
+/// unchanged (state of the world re-sends every resource of a type), and its
+/// encoded bytes are kept only for the cache file. The decoded form is the
+/// handler's business: the client never holds it past one update.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Accepted {
     pub version: String,
-    pub any: Any,
+    pub hash: u64,
+    /// The encoded resource; `None` unless a cache directory needs it.
+    pub body: Option<Vec<u8>>,
+}
+
+/// The hash that tells an unchanged resource from a changed one: 64 bits
+/// of xxHash over the encoded bytes (the server's own encoding, so equal
+/// bytes mean an equal resource).
+pub(crate) fn body_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh64::xxh64(bytes, 0)
 }
 
 #[derive(Debug)]
@@ -39,6 +52,16 @@ pub(crate) struct TypeState {
     pub nonce: String,
     /// The last accepted resources by name.
     pub accepted: BTreeMap<String, Accepted>,
+}
+
+/// The name of an accepted resource of this type whose bytes hash to
+/// `hash`: in state of the world a resource carries no name outside its
+/// body, so an unchanged one is recognised by its hash alone.
+pub(crate) fn accepted_by_hash(accepted: &BTreeMap<String, Accepted>) -> HashMap<u64, &str> {
+    accepted
+        .iter()
+        .map(|(name, a)| (a.hash, name.as_str()))
+        .collect()
 }
 
 // === impl TypeState ===
@@ -148,11 +171,16 @@ impl TypeState {
             resources: self
                 .accepted
                 .iter()
-                .map(|(name, a)| Resource {
-                    name: name.clone(),
-                    version: a.version.clone(),
-                    resource: Some(a.any.clone()),
-                    ..Default::default()
+                .filter_map(|(name, a)| {
+                    Some(Resource {
+                        name: name.clone(),
+                        version: a.version.clone(),
+                        resource: Some(Any {
+                            type_url: self.type_url.clone(),
+                            value: a.body.clone()?,
+                        }),
+                        ..Default::default()
+                    })
                 })
                 .collect(),
             ..Default::default()
@@ -235,7 +263,8 @@ mod tests {
                 n.to_string(),
                 Accepted {
                     version: "1".into(),
-                    any: Any::default(),
+                    hash: 0,
+                    body: None,
                 },
             );
         }

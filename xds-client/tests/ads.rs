@@ -22,15 +22,20 @@ struct Seen {
     type_url: String,
     version: String,
     names: Vec<String>,
+    unchanged: Vec<String>,
     removed: Vec<String>,
     source: Source,
 }
 
 /// Records updates; rejects any cluster whose name starts with `bad`; asks
-/// for the CLA of every EDS cluster it accepted (Envoy's warming order).
+/// for the CLA of every EDS cluster it holds (Envoy's warming order). Like
+/// any handler it keeps what it made of each resource, since an update
+/// leaves out the resources that did not change.
 #[derive(Clone, Default)]
 struct Recorder {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// The EDS clusters accepted so far (this copy's own state).
+    eds: BTreeSet<String>,
 }
 
 impl Recorder {
@@ -46,6 +51,7 @@ impl Handler for Recorder {
                 type_url: update.type_url.clone(),
                 version: update.version.clone(),
                 names: update.resources.iter().map(|d| d.name.clone()).collect(),
+                unchanged: update.unchanged.clone(),
                 removed: update.removed.clone(),
                 source: update.source,
             });
@@ -61,15 +67,19 @@ impl Handler for Recorder {
         if !rejected.is_empty() {
             return Outcome::reject(rejected);
         }
-        let eds: BTreeSet<String> = clusters
-            .iter()
-            .filter(|(_, c)| {
-                c.cluster_discovery_type
-                    == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
-            })
-            .map(|(n, _)| n.to_string())
-            .collect();
-        Outcome::accept().subscribe::<ClusterLoadAssignment>(eds)
+        for name in &update.removed {
+            self.eds.remove(name);
+        }
+        for (name, c) in clusters {
+            if c.cluster_discovery_type
+                == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+            {
+                self.eds.insert(name.to_string());
+            } else {
+                self.eds.remove(name);
+            }
+        }
+        Outcome::accept().subscribe::<ClusterLoadAssignment>(self.eds.clone())
     }
 }
 
@@ -177,6 +187,61 @@ async fn sotw_ack_then_nack_keeps_previous_version() {
     let last = handler.seen().pop().expect("seen");
     assert_eq!(last.names, ["b"]);
     assert_eq!(last.removed, ["a"]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn unchanged_resources_are_named_not_decoded_again() {
+    let mut server = FakeAdsServer::start().await.expect("server");
+    let handler = Recorder::default();
+    let task = start(config(&server, Mode::Sotw), handler.clone());
+    let cds = url::<Cluster>();
+    expect_sotw(&mut server, &cds).await;
+    server.push_sotw("v1", &[cluster("a", false), cluster("b", false)]);
+    expect_sotw(&mut server, &cds).await;
+
+    // State of the world re-sends "a" as it was, "b" changed, "c" is new.
+    let mut b = cluster("b", false);
+    b.alt_stat_name = "changed".into();
+    let n2 = server.push_sotw("v2", &[cluster("a", false), b, cluster("c", false)]);
+    let ack = expect_sotw(&mut server, &cds).await;
+    assert_eq!(
+        (ack.version_info.as_str(), ack.response_nonce.as_str()),
+        ("v2", n2.as_str())
+    );
+    let last = handler.seen().pop().expect("seen");
+    assert_eq!(last.names, ["b", "c"]);
+    assert_eq!(last.unchanged, ["a"]);
+    assert!(last.removed.is_empty());
+
+    // Unchanged still counts as present: dropping "a" later removes it.
+    server.push_sotw("v3", &[cluster("c", false)]);
+    expect_sotw(&mut server, &cds).await;
+    let last = handler.seen().pop().expect("seen");
+    assert!(last.names.is_empty(), "{last:?}");
+    assert_eq!(last.unchanged, ["c"]);
+    assert_eq!(last.removed, ["a", "b"]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_rejected_resource_is_decoded_again_when_resent() {
+    let mut server = FakeAdsServer::start().await.expect("server");
+    let handler = Recorder::default();
+    let task = start(config(&server, Mode::Sotw), handler.clone());
+    let cds = url::<Cluster>();
+    expect_sotw(&mut server, &cds).await;
+    server.push_sotw("v1", &[cluster("bad-1", false)]);
+    let nack = expect_sotw(&mut server, &cds).await;
+    assert!(nack.error_detail.is_some());
+    // Nothing of a NACKed response was recorded, so the same bytes are
+    // new again (and rejected again) rather than "unchanged".
+    server.push_sotw("v2", &[cluster("bad-1", false)]);
+    let nack = expect_sotw(&mut server, &cds).await;
+    assert!(nack.error_detail.is_some());
+    let last = handler.seen().pop().expect("seen");
+    assert_eq!(last.names, ["bad-1"]);
+    assert!(last.unchanged.is_empty());
     task.abort();
 }
 
@@ -344,7 +409,9 @@ async fn delta_add_remove_and_initial_versions_on_reconnect() {
     assert_eq!(sub.resource_names_subscribe, ["a"]);
 
     // Remove "b", change "a": the handler sees exactly that.
-    let n2 = server.push_delta("s2", &[("2", cluster("a", true))], &["b"]);
+    let mut a2 = cluster("a", true);
+    a2.alt_stat_name = "a-v2".into();
+    let n2 = server.push_delta("s2", &[("2", a2.clone())], &["b"]);
     let ack = server.next_delta(&cds, WAIT).await.expect("ack");
     assert_eq!(ack.response_nonce, n2);
     let last = handler.seen().pop().expect("seen");
@@ -367,6 +434,15 @@ async fn delta_add_remove_and_initial_versions_on_reconnect() {
     assert_eq!(versions, [("a".to_string(), "2".to_string())]);
     let eds_again = server.next_delta(&eds, WAIT).await.expect("eds again");
     assert_eq!(eds_again.resource_names_subscribe, ["a"]);
+
+    // A server re-sending what the client holds costs no decode: the
+    // handler is told the name only.
+    let n4 = server.push_delta("s4", &[("2", a2)], &[]);
+    let ack = server.next_delta(&cds, WAIT).await.expect("ack");
+    assert_eq!(ack.response_nonce, n4);
+    let last = handler.seen().pop().expect("seen");
+    assert!(last.names.is_empty(), "{last:?}");
+    assert_eq!(last.unchanged, ["a"]);
     task.abort();
 }
 

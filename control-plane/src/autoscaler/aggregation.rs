@@ -32,52 +32,63 @@ fn round_to_digits(v: f64, digits: i32) -> f64 {
 }
 
 /// Per-second buckets over a window, averaged linearly.
+///
+/// The ring holds one second more than the window: the second whose
+/// reports are still arriving, next to a whole window of complete ones, so
+/// a window can be read as of the last complete second
+/// ([`window_average`](Self::window_average) at `now - 1`) while this
+/// second's reports land.
 #[derive(Debug, Clone)]
 pub struct TimedBuckets {
-    /// Ring indexed by `second % len`.
+    /// Ring indexed by `second % (window + 1)`.
     buckets: Vec<f64>,
+    /// The window length in seconds (at least one).
+    window: i64,
     /// Second of the first write since the buckets were last empty for a
     /// whole window; `None` before any write.
     first_write: Option<i64>,
     /// Second of the newest write; `None` before any write.
     last_write: Option<i64>,
-    /// Sum of every bucket in the ring, including stale ones past
-    /// `last_write` that `window_average` subtracts on read.
+    /// Sum of every bucket in the ring. Buckets of seconds before
+    /// `first_write` are zero, so this is the sum over
+    /// `first_write..=last_write` within the ring.
     total: f64,
 }
 
 impl TimedBuckets {
     /// A window of `window_secs` one-second buckets (at least one).
     pub fn new(window_secs: u64) -> Self {
-        let n = usize::try_from(window_secs.max(1)).unwrap_or(usize::MAX);
+        let window = i64::try_from(window_secs.max(1)).unwrap_or(i64::MAX / 2);
         TimedBuckets {
-            buckets: vec![0.0; n],
+            buckets: vec![0.0; usize::try_from(window + 1).unwrap_or(usize::MAX)],
+            window,
             first_write: None,
             last_write: None,
             total: 0.0,
         }
     }
 
-    fn len(&self) -> i64 {
-        i64::try_from(self.buckets.len()).unwrap_or(i64::MAX)
+    fn ring_len(&self) -> i64 {
+        self.window + 1
     }
 
     fn idx(&self, sec: i64) -> usize {
         // rem_euclid keeps the index in range even for negative seconds.
-        usize::try_from(sec.rem_euclid(self.len())).unwrap_or(0)
+        usize::try_from(sec.rem_euclid(self.ring_len())).unwrap_or(0)
     }
 
     /// The window length in seconds.
     pub fn window_secs(&self) -> u64 {
-        self.buckets.len() as u64
+        u64::try_from(self.window).unwrap_or(0)
     }
 
-    /// No write within the last window (`now - last_write > window`), which
-    /// is Knative's "no data" condition.
-    pub fn is_empty(&self, now: i64) -> bool {
-        match self.last_write {
-            None => true,
-            Some(lw) => now - lw > self.len(),
+    /// No write within the window ending at second `at` (more than a
+    /// window since the last write, or every write is newer than `at`):
+    /// Knative's "no data" condition.
+    pub fn is_empty(&self, at: i64) -> bool {
+        match (self.last_write, self.first_write) {
+            (Some(lw), Some(fw)) => at - lw > self.window || fw > at,
+            _ => true,
         }
     }
 
@@ -86,7 +97,7 @@ impl TimedBuckets {
     /// older than a window before the newest one is ignored; a write after a
     /// whole idle window restarts the partial-window accounting.
     pub fn record(&mut self, now: i64, value: f64) {
-        let n = self.len();
+        let n = self.window;
         if self.last_write != Some(now) {
             // "Within a window of the newest write" (Go's zero time for the
             // unset case is infinitely old, so a first write always passes).
@@ -105,7 +116,7 @@ impl TimedBuckets {
                 match self.last_write {
                     Some(lw) if now - lw < n => {
                         // Zero the seconds skipped since the last write: they
-                        // hold data from a window ago.
+                        // hold data from a ring ago.
                         for s in (lw + 1)..=now {
                             let i = self.idx(s);
                             self.total -= self.buckets[i];
@@ -127,60 +138,60 @@ impl TimedBuckets {
         self.total += value;
     }
 
-    /// The average over the window ending at second `now` (see the module
-    /// doc for how a partial window is treated); 0 after a window without
-    /// writes.
-    pub fn window_average(&self, now: i64) -> f64 {
+    /// Sum of the buckets of seconds `from..=to` (empty when `to < from`).
+    fn sum(&self, from: i64, to: i64) -> f64 {
+        (from..=to).map(|s| self.buckets[self.idx(s)]).sum()
+    }
+
+    /// The average over the window ending at second `at` (`at - window`
+    /// exclusive to `at` inclusive), reading only buckets up to `at`: a
+    /// window not yet full is averaged over the seconds since the first
+    /// write, seconds after the last write are left out, gaps count as
+    /// zeros; 0 without a write in the window. `at` may be the newest
+    /// write's second or one before it (the last complete second while the
+    /// newest one fills), or any later second.
+    pub fn window_average(&self, at: i64) -> f64 {
         let (Some(lw), Some(fw)) = (self.last_write, self.first_write) else {
             return 0.0;
         };
-        let n = self.len();
-        let d = now - lw;
-        if d <= 0 {
-            let num = ((lw - fw) + 1).min(n) as f64;
-            round_to_digits(self.total / num, PRECISION_DIGITS)
-        } else if d < n {
-            // The seconds after the last write hold data from a window ago.
-            let mut ret = self.total;
-            for s in (lw + 1)..=now {
-                ret -= self.buckets[self.idx(s)];
-            }
-            let num = ((lw - fw) + 1).min(n - d) as f64;
-            round_to_digits(ret / num, PRECISION_DIGITS)
-        } else {
-            0.0
+        let oldest_held = lw - self.window;
+        let hi = lw.min(at);
+        let lo = fw.max(at - self.window + 1).max(oldest_held);
+        if hi < lo {
+            return 0.0;
         }
+        // `total` covers fw..=lw (within the ring); take off what lies
+        // outside lo..=hi.
+        let sum = self.total - self.sum(fw.max(oldest_held), lo - 1) - self.sum(hi + 1, lw);
+        let num = (hi - lo + 1) as f64;
+        round_to_digits(sum / num, PRECISION_DIGITS)
     }
 
     /// Changes the window length, keeping the newest buckets that fit
     /// (Knative's `ResizeWindow`): used when a revision's window changes.
     pub fn resize(&mut self, window_secs: u64, now: i64) {
-        let new_n = usize::try_from(window_secs.max(1)).unwrap_or(usize::MAX);
-        if new_n == self.buckets.len() {
+        let window = i64::try_from(window_secs.max(1)).unwrap_or(i64::MAX / 2);
+        if window == self.window {
             return;
         }
-        let old_n = self.len();
-        let mut fresh = TimedBuckets {
-            buckets: vec![0.0; new_n],
-            first_write: None,
-            last_write: self.last_write,
-            total: 0.0,
-        };
+        let mut fresh = TimedBuckets::new(window_secs);
+        fresh.last_write = self.last_write;
         match self.last_write {
-            Some(lw) if now - lw <= old_n => {
-                let mut s = lw;
-                for _ in 0..new_n.min(self.buckets.len()) {
+            Some(lw) if now - lw <= self.window => {
+                // The old window's seconds (not the extra one before it),
+                // as many as the new ring holds.
+                let keep = fresh.ring_len().min(self.window);
+                for s in (lw - keep + 1)..=lw {
                     let v = self.buckets[self.idx(s)];
                     let ni = fresh.idx(s);
                     fresh.buckets[ni] = v;
                     fresh.total += v;
-                    s -= 1;
                 }
                 // The earliest second that may hold data, as Knative resets it.
-                fresh.first_write = Some(lw - (old_n - 1));
+                fresh.first_write = Some(lw - (self.window - 1));
             }
             // No data within the old window: nothing worth keeping.
-            _ => {}
+            _ => fresh.last_write = None,
         }
         *self = fresh;
     }
@@ -203,7 +214,7 @@ pub fn smoothing_coeff(num_buckets: f64) -> f64 {
 impl WeightedBuckets {
     pub fn new(window_secs: u64) -> Self {
         let inner = TimedBuckets::new(window_secs);
-        let smoothing = smoothing_coeff(inner.len() as f64);
+        let smoothing = smoothing_coeff(inner.window as f64);
         WeightedBuckets { inner, smoothing }
     }
 
@@ -215,26 +226,27 @@ impl WeightedBuckets {
         self.inner.is_empty(now)
     }
 
-    /// Newest bucket weighted `m`, the one before `m(1-m)`, …; seconds since
-    /// the last write count as zeros.
-    pub fn window_average(&self, now: i64) -> f64 {
-        if self.inner.is_empty(now) {
+    /// Newest bucket (up to second `at`) weighted `m`, the one before
+    /// `m(1-m)`, …; seconds from the last write to `at` count as zeros.
+    pub fn window_average(&self, at: i64) -> f64 {
+        if self.inner.is_empty(at) {
             return 0.0;
         }
         let Some(lw) = self.inner.last_write else {
             return 0.0;
         };
-        let total_b = self.inner.len();
-        let mut num_b = total_b;
-        let mut multiplier = self.smoothing;
-        if now > lw {
-            let zeros = now - lw;
-            multiplier *= (1.0 - self.smoothing).powf(zeros as f64);
-            num_b -= zeros;
-        }
+        let newest = lw.min(at);
+        let oldest_held = lw - self.inner.window;
+        let zeros = at - newest;
+        let num_b = self.inner.window - zeros;
+        let mut multiplier = self.smoothing * (1.0 - self.smoothing).powf(zeros as f64);
         let mut ret = 0.0;
         for i in 0..num_b.max(0) {
-            ret += self.inner.buckets[self.inner.idx(lw - i)] * multiplier;
+            let s = newest - i;
+            if s < oldest_held {
+                break;
+            }
+            ret += self.inner.buckets[self.inner.idx(s)] * multiplier;
             multiplier *= 1.0 - self.smoothing;
         }
         ret
@@ -242,7 +254,7 @@ impl WeightedBuckets {
 
     pub fn resize(&mut self, window_secs: u64, now: i64) {
         self.inner.resize(window_secs, now);
-        self.smoothing = smoothing_coeff(self.inner.len() as f64);
+        self.smoothing = smoothing_coeff(self.inner.window as f64);
     }
 
     pub fn smoothing(&self) -> f64 {

@@ -357,7 +357,7 @@ pub const REVISION_KEYS: &[&str] = &[
 
 /// Knative's legacy camelCase spellings, read when the canonical key is
 /// absent (Knative's `KeyPriority`).
-const LEGACY_KEYS: &[(&str, &str)] = &[
+pub const LEGACY_KEYS: &[(&str, &str)] = &[
     ("initialScale", "initial-scale"),
     ("maxScale", "max-scale"),
     ("minScale", "min-scale"),
@@ -584,6 +584,79 @@ impl Annotations {
         }
         Ok(a)
     }
+}
+
+/// Keys of [`REVISION_KEYS`] that come from the revision itself, never
+/// from an annotation, and where they come from.
+const DERIVED_KEYS: &[(&str, &str)] = &[
+    (
+        "container-concurrency",
+        "set by spec.template.spec.containerConcurrency, not by an annotation",
+    ),
+    (
+        "reachable",
+        "follows the route's traffic, not an annotation",
+    ),
+];
+
+/// Knative's webhook check of a template's `autoscaling.knative.dev/*`
+/// annotations (`ValidateAnnotations`), against the cluster's defaults
+/// (`allow-zero-initial-scale`, `max-scale-limit`): every key must be one
+/// the autoscaler reads (Knative's, their legacy camelCase spellings, and
+/// Ferry's per-revision `scale-to-zero-grace-period`, `max-scale-up-rate`,
+/// `max-scale-down-rate`), each value parses within Knative's bounds, and
+/// the keys agree with each other (min ≤ max, activation-scale within
+/// them). Non-autoscaling annotations are ignored.
+///
+/// The very parsers the autoscaler runs on decide, so what passes here is
+/// what a revision's autoscaler gets. Each error's key is the annotation's
+/// own spelling, without the prefix.
+pub fn validate_annotations<'a>(
+    annotations: impl IntoIterator<Item = (&'a str, &'a str)>,
+    global: &GlobalConfig,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut valid = BTreeMap::new();
+    for (k, v) in annotations {
+        let Some(key) = k.strip_prefix(ANNOTATION_PREFIX) else {
+            continue;
+        };
+        if let Some((_, why)) = DERIVED_KEYS.iter().find(|(d, _)| *d == key) {
+            errors.push(ConfigError::new(key, *why));
+            continue;
+        }
+        let known =
+            REVISION_KEYS.contains(&key) || LEGACY_KEYS.iter().any(|(legacy, _)| *legacy == key);
+        if !known {
+            errors.push(ConfigError::new(
+                key,
+                format!("unknown autoscaling annotation {k:?}"),
+            ));
+            continue;
+        }
+        let one = BTreeMap::from([(key.to_string(), v.to_string())]);
+        match Annotations::from_keys(&one) {
+            Ok(_) => {
+                valid.insert(key.to_string(), v.to_string());
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    // The cross-key rules, over the values that parsed.
+    let resolved = Annotations::from_keys(&valid).and_then(|a| RevisionConfig::resolve(global, &a));
+    if let Err(mut e) = resolved {
+        // Name the key as the manifest spells it.
+        if !valid.contains_key(&e.key) {
+            if let Some((legacy, _)) = LEGACY_KEYS
+                .iter()
+                .find(|(l, canon)| *canon == e.key && valid.contains_key(*l))
+            {
+                e.key = (*legacy).to_string();
+            }
+        }
+        errors.push(e);
+    }
+    errors
 }
 
 /// What the decider needs (Knative's `DeciderSpec`).

@@ -44,6 +44,17 @@ pub fn bucket_of(now: Duration) -> i64 {
     i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// The last second whose reports are all in at `now`: the one before the
+/// current. Proxies report each second at their own second boundary, so
+/// the current second's bucket fills over the whole second; a window read
+/// at `now` would count a half-filled bucket as the newest second (and a
+/// 1 s panic window would read 0 whenever a decision comes before the
+/// reports do). Knative gets the same effect from bucketing reports by
+/// their time at a one-second granularity and scraping once a second.
+pub fn complete_second(now: Duration) -> i64 {
+    bucket_of(now).saturating_sub(1)
+}
+
 impl MetricWindows {
     pub fn new(spec: &WindowSpec) -> Self {
         let weighted = spec.aggregation == Aggregation::WeightedExponential;
@@ -85,36 +96,36 @@ impl MetricWindows {
         self.rps_panic.record(s, rps);
     }
 
-    /// The stable and panic averages of `metric` at `now`, or `None` when
-    /// no report arrived for a whole stable window (Knative's "no data":
-    /// the decider then keeps its last recommendation rather than reading
-    /// silence as zero load).
-    pub fn averages(&self, metric: Metric, now: Duration) -> Option<Averages> {
-        let s = bucket_of(now);
-        let (stable, panic) = match metric {
-            Metric::Concurrency => (&self.concurrency_stable, &self.concurrency_panic),
-            Metric::Rps => (&self.rps_stable, &self.rps_panic),
-        };
-        if stable.is_empty(s) {
+    /// The stable and panic averages of `metric` over the windows ending
+    /// at second `at` (see [`complete_second`]), or `None` when no report
+    /// arrived for a whole stable window (Knative's "no data": the decider
+    /// then keeps its last recommendation rather than reading silence as
+    /// zero load).
+    pub fn averages(&self, metric: Metric, at: i64) -> Option<Averages> {
+        let (stable, panic) = self.windows(metric);
+        if stable.is_empty(at) {
             return None;
         }
         Some(Averages {
-            stable: stable.window_average(s),
-            panic: panic.window_average(s),
+            stable: stable.window_average(at),
+            panic: panic.window_average(at),
         })
     }
 
     /// The averages whether or not there is data (zeros without), for
     /// display.
-    pub fn averages_or_zero(&self, metric: Metric, now: Duration) -> Averages {
-        let s = bucket_of(now);
-        let (stable, panic) = match metric {
+    pub fn averages_or_zero(&self, metric: Metric, at: i64) -> Averages {
+        let (stable, panic) = self.windows(metric);
+        Averages {
+            stable: stable.window_average(at),
+            panic: panic.window_average(at),
+        }
+    }
+
+    fn windows(&self, metric: Metric) -> (&WindowAverager, &WindowAverager) {
+        match metric {
             Metric::Concurrency => (&self.concurrency_stable, &self.concurrency_panic),
             Metric::Rps => (&self.rps_stable, &self.rps_panic),
-        };
-        Averages {
-            stable: stable.window_average(s),
-            panic: panic.window_average(s),
         }
     }
 }
@@ -163,7 +174,7 @@ mod tests {
                 ..Stat::default()
             },
         );
-        let a = w.averages(Metric::Concurrency, t);
+        let a = w.averages(Metric::Concurrency, 10);
         assert_eq!(
             a,
             Some(Averages {
@@ -171,7 +182,7 @@ mod tests {
                 panic: 42.0
             })
         );
-        let a = w.averages(Metric::Rps, t);
+        let a = w.averages(Metric::Rps, 10);
         assert_eq!(
             a,
             Some(Averages {
@@ -194,7 +205,7 @@ mod tests {
                 },
             );
         }
-        let a = w.averages(Metric::Concurrency, Duration::from_secs(59));
+        let a = w.averages(Metric::Concurrency, 59);
         assert_eq!(
             a,
             Some(Averages {
@@ -207,7 +218,7 @@ mod tests {
     #[test]
     fn no_data_for_a_window_is_none() {
         let mut w = MetricWindows::new(&spec());
-        assert_eq!(w.averages(Metric::Concurrency, Duration::ZERO), None);
+        assert_eq!(w.averages(Metric::Concurrency, 0), None);
         w.record(
             Duration::from_secs(5),
             &Stat {
@@ -215,12 +226,55 @@ mod tests {
                 ..Stat::default()
             },
         );
-        assert!(w
-            .averages(Metric::Concurrency, Duration::from_secs(65))
-            .is_some());
+        // Read as of a second before the first report: nothing yet.
+        assert_eq!(w.averages(Metric::Concurrency, 4), None);
+        assert!(w.averages(Metric::Concurrency, 65).is_some());
+        assert_eq!(w.averages(Metric::Concurrency, 66), None);
+    }
+
+    /// A report for the second in progress does not change the windows
+    /// read as of the second before: the newest complete second is the
+    /// newest bucket, and a whole window of complete seconds is kept.
+    #[test]
+    fn the_second_in_progress_is_left_out_of_the_complete_window() {
+        let mut w = MetricWindows::new(&spec());
+        for s in 0..=60 {
+            w.record(
+                Duration::from_millis(s * 1000 + 700),
+                &Stat {
+                    average_concurrency: s as f64,
+                    ..Stat::default()
+                },
+            );
+        }
+        // At 61.2 s second 61 has no report yet; 60 is complete.
+        let at = complete_second(Duration::from_millis(61_200));
+        assert_eq!(at, 60);
+        let before = w.averages(Metric::Concurrency, at);
+        // Seconds 1..=60 (mean 30.5) and 55..=60 (mean 57.5).
         assert_eq!(
-            w.averages(Metric::Concurrency, Duration::from_secs(66)),
-            None
+            before,
+            Some(Averages {
+                stable: 30.5,
+                panic: 57.5
+            })
+        );
+        w.record(
+            Duration::from_millis(61_300),
+            &Stat {
+                average_concurrency: 1000.0,
+                ..Stat::default()
+            },
+        );
+        assert_eq!(w.averages(Metric::Concurrency, at), before);
+        // Once 61 is complete it is in, and second 1 is out.
+        let after = w.averages(Metric::Concurrency, 61);
+        assert_eq!(
+            after.map(|a| (a.stable, a.panic)),
+            Some((
+                (1830.0 - 1.0 + 1000.0) / 60.0,
+                (57.5 * 6.0 - 55.0 + 1000.0) / 6.0
+            ))
         );
     }
 }

@@ -43,7 +43,7 @@ pub use config::{
     TICK_INTERVAL,
 };
 pub use decider::{decide, DeciderInput, DeciderState, Decision};
-pub use metrics::{Averages, MetricWindows, Stat};
+pub use metrics::{bucket_of, complete_second, Averages, MetricWindows, Stat};
 
 /// The outcome of one decision for one revision: the decider's output and
 /// the applier's.
@@ -145,13 +145,26 @@ impl RevisionAutoscaler {
         self.latest.is_some_and(|d| d.desired == 0) && stat.average_concurrency != 0.0
     }
 
-    /// One decision from the metric windows at `now`.
+    /// The periodic decision at `now`, from the windows ending at the last
+    /// complete second ([`complete_second`]): the current second's reports
+    /// are still arriving.
     pub fn tick(&mut self, now: Duration) -> TickReport {
+        self.decide_from_windows(now, complete_second(now))
+    }
+
+    /// An immediate decision at `now` on the windows ending at the current
+    /// second, whose reports so far (the one that asked for the decision
+    /// among them) are the news.
+    pub fn decide_now(&mut self, now: Duration) -> TickReport {
+        self.decide_from_windows(now, bucket_of(now))
+    }
+
+    fn decide_from_windows(&mut self, now: Duration, at: i64) -> TickReport {
         let metric = self.config.decider.metric;
-        match self.windows.averages(metric, now) {
+        match self.windows.averages(metric, at) {
             Some(a) => self.decide_and_apply(now, Some((a.stable, a.panic)), None),
             None => {
-                let a = self.windows.averages_or_zero(metric, now);
+                let a = self.windows.averages_or_zero(metric, at);
                 let mut r = self.decide_and_apply(now, None, None);
                 r.stable_avg = a.stable;
                 r.panic_avg = a.panic;
@@ -183,7 +196,7 @@ impl RevisionAutoscaler {
             None
         };
         let metric = self.config.decider.metric;
-        let a = self.windows.averages_or_zero(metric, now);
+        let a = self.windows.averages_or_zero(metric, bucket_of(now));
         self.decide_and_apply(now, Some((a.stable, a.panic)), floor)
     }
 
@@ -344,7 +357,7 @@ impl<K: Ord + Clone> Autoscaler<K> {
         let now = self.clock.now();
         let e = self.revisions.get_mut(key)?;
         e.scaler.record(now, stat);
-        e.scaler.wants_poke(stat).then(|| e.scaler.tick(now))
+        e.scaler.wants_poke(stat).then(|| e.scaler.decide_now(now))
     }
 
     /// A proxy holds requests for the revision: decide now.
@@ -547,10 +560,60 @@ mod tests {
         assert!(a.upsert(1, Annotations::default()).is_ok());
         clock.set(secs(1));
         assert!(a.record(&1, &load(0.0)).is_none());
-        a.tick();
+        // Second 1 is complete at 2 s: no load, desired 0.
         clock.set(secs(2));
+        let r = a.tick().pop().map(|(_, r)| r.desired);
+        assert_eq!(r, Some(0));
+        // The poke decides on the current second, which holds the report.
         let r = a.record(&1, &load(1.0));
         assert_eq!(r.map(|r| r.desired), Some(1));
+    }
+
+    /// Proxies report each second at their own second boundary, here
+    /// 0.7 s into the control plane's second; decisions come at 0.2 s. A
+    /// 6 s window has a 1 s panic window, whose newest bucket is empty at
+    /// every decision: read at the current second it reads 0 and a burst
+    /// never panics. Read at the last complete second it sees the load.
+    #[test]
+    fn a_decision_before_this_seconds_reports_reads_the_last_complete_second() {
+        let clock = ManualClock::new();
+        let mut a: Autoscaler<&str> =
+            Autoscaler::new(Arc::new(clock.clone()), GlobalConfig::default());
+        let anns = Annotations {
+            window: Some(secs(6)),
+            ..Annotations::default()
+        };
+        assert!(a.upsert("rev", anns).is_ok());
+        assert_eq!(
+            a.get(&"rev").map(|r| r.config().windows.panic),
+            Some(secs(1))
+        );
+        a.set_ready(&"rev", 1);
+        let mut reports = Vec::new();
+        for s in 0..20u64 {
+            // 70 per second (1 instance at target 70), 4× from second 12.
+            let c = if s < 12 { 70.0 } else { 280.0 };
+            clock.set(Duration::from_millis(s * 1000 + 700));
+            a.record(&"rev", &load(c));
+            if s % 2 == 1 {
+                clock.set(Duration::from_millis((s + 1) * 1000 + 200));
+                if let Some((_, r)) = a.tick().pop() {
+                    reports.push((s, r));
+                }
+            }
+        }
+        for (s, r) in &reports {
+            let want = if *s < 12 { 70.0 } else { 280.0 };
+            assert_eq!(r.panic_avg, want, "panic window after second {s}: {r:?}");
+            assert!(r.decided, "after second {s}");
+        }
+        let (s, burst) = reports
+            .iter()
+            .find(|(s, _)| *s >= 12)
+            .copied()
+            .unwrap_or_else(|| panic!("no decision after the burst"));
+        assert!(burst.panic, "no panic after second {s}: {burst:?}");
+        assert_eq!(burst.desired, 4, "⌈280 / 70⌉");
     }
 
     #[test]

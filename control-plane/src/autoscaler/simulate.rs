@@ -256,6 +256,10 @@ fn run_samples(
             }
         }
         if (sec - t0) % tick == 0 {
+            // A sample is a complete second, and the control plane decides
+            // on complete seconds only: the decision for second `sec` is
+            // made at its end.
+            clock.set(Duration::from_secs(sec + 1));
             for (_, r) in a.tick() {
                 out.push(SimLine::from_report(sec as f64, &r));
             }

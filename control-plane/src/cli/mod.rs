@@ -347,7 +347,10 @@ fn read_docs(paths: &[PathBuf], namespace: Option<&str>) -> Result<Vec<Doc>, Cli
 }
 
 async fn apply(args: ApplyArgs) -> Result<bool, CliError> {
-    let docs = read_docs(&args.files, args.namespace.as_deref())?;
+    let mut docs = read_docs(&args.files, args.namespace.as_deref())?;
+    // A Trigger is refused unless its Broker is stored: triggers go last,
+    // whatever the order of files and documents.
+    docs.sort_by_key(|d| d.kind == Kind::Trigger);
     let api = Api::new(&args.server.server)?;
     let mut ok = true;
     for d in docs {
@@ -698,8 +701,10 @@ fn table(kind: Kind, items: &[Value], routes: &[Value], all_ns: bool, now: u64) 
                 age(v, now),
             ],
             Kind::Trigger => {
+                // The resolved URI once the broker reported it.
                 let sub = v
-                    .pointer("/spec/subscriber/uri")
+                    .pointer("/status/subscriberUri")
+                    .or_else(|| v.pointer("/spec/subscriber/uri"))
                     .and_then(Value::as_str)
                     .map(str::to_string)
                     .or_else(|| {

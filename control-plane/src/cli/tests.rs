@@ -100,3 +100,45 @@ fn read_docs_checks_every_document_before_sending() {
         .unwrap_or_default();
     assert!(err.contains("does not match -n \"y\""), "{err}");
 }
+
+#[test]
+fn eventing_tables_show_what_the_broker_reported() {
+    let brokers = vec![json!({
+        "metadata": {"name": "default", "namespace": "shop"},
+        "status": {"address": {"url": "http://127.0.0.1:8090/shop/default"},
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    })];
+    let t = table(Kind::Broker, &brokers, &[], false, 0);
+    let cells: Vec<&str> = t.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "default",
+            "http://127.0.0.1:8090/shop/default",
+            "True",
+            "<unknown>"
+        ],
+        "{t}"
+    );
+    let triggers = vec![json!({
+        "metadata": {"name": "orders", "namespace": "shop"},
+        "spec": {"broker": "default",
+                 "subscriber": {"ref": {"kind": "Service", "name": "billing"}, "uri": "/in"}},
+        "status": {"subscriberUri": "http://billing.shop.example.com/in",
+                   "conditions": [{"type": "Ready", "status": "False", "reason": "ServiceNotFound"}]}
+    })];
+    let t = table(Kind::Trigger, &triggers, &[], false, 0);
+    let cells: Vec<&str> = t.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "orders",
+            "default",
+            "http://billing.shop.example.com/in",
+            "False",
+            "ServiceNotFound",
+            "<unknown>"
+        ],
+        "{t}"
+    );
+}

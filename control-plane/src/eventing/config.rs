@@ -1,52 +1,43 @@
-//! Brokers and triggers: Knative `eventing.knative.dev/v1` manifests in,
-//! the broker's compiled form out.
+//! Brokers and triggers: the stored Knative `eventing.knative.dev/v1`
+//! objects in, the broker's compiled form out.
 //!
-//! [`Manifest`] is the shape users write (and the shape the model store
-//! will hold once `ferry-control apply` accepts Broker and Trigger); the
-//! broker runs from [`EventingConfig`], built by
-//! [`EventingConfig::from_manifests`]. Until `apply` lands the manifests
-//! come from the `--broker-config` YAML file (several documents separated
-//! by `---`).
+//! The store keeps a Broker or Trigger as written (its spec as JSON, see
+//! [`crate::model::eventing`]); this module reads that spec into typed
+//! Knative shapes ([`BrokerSpec`], [`TriggerSpec`]), checks what the shape
+//! check cannot (CESQL, filter keys, durations, URI schemes, reference
+//! kinds) and compiles it: [`BrokerDef`], [`TriggerDef`]. The same
+//! compilation runs when `apply` validates an object (so an invalid spec is
+//! a 400 naming the field, and nothing is stored) and when the broker
+//! starts it, so the two cannot disagree.
+//!
+//! Destinations (`subscriber`, `deadLetterSink`) compile to a [`Target`]:
+//! a `uri` is used as it is; a `ref` to a Ferry Service is delivered
+//! through the mesh: to the gateway's address, with the Host header
+//! `{name}.{namespace}.{domain}`, so the gateway routes it like any request
+//! to that Service and holds it while a revision at zero activates.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use http::HeaderValue;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::duration;
 use super::event::check_uri;
 use super::filter::{Filter, SubscriptionsApiFilter};
+use crate::model::eventing::EventingObject;
+use crate::model::{FieldError, FieldErrors};
 
-pub const API_VERSION: &str = "eventing.knative.dev/v1";
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ObjectMeta {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-/// A Broker or Trigger object.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: serde_json::Value,
-}
+/// The `apiVersion` of a Service a destination may refer to.
+pub const SERVICE_API_VERSION: &str = "serving.knative.dev/v1";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerSpec {
     /// Knative's broker class config reference; accepted and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<serde_json::Value>,
+    pub config: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
 }
@@ -70,13 +61,20 @@ pub struct TriggerFilter {
     pub attributes: BTreeMap<String, String>,
 }
 
-/// Knative's duck `Destination`: a `uri`, or a `ref` to an addressable.
+/// Knative's duck `Destination`: a `uri`, or a `ref` to an addressable
+/// (with an optional relative `uri` resolved against it).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Destination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<KReference>,
+    /// Knative's TLS and OIDC fields: accepted, not used (deliveries are
+    /// plain HTTP on the mesh).
+    #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
+    pub ca_certs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -108,6 +106,60 @@ pub struct DeliverySpec {
     pub retry_after_max: Option<String>,
 }
 
+/// How `ref` destinations reach Ferry Services: hosts are
+/// `{name}.{namespace}.{domain}`, and requests go to the mesh `gateway`
+/// (`host:port` of a `ferry-proxy` serving the control plane's routes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolver {
+    pub domain: String,
+    pub gateway: String,
+}
+
+impl Resolver {
+    /// For validation only: every destination compiles the same whatever
+    /// the domain and gateway are.
+    pub fn for_validation() -> Resolver {
+        Resolver {
+            domain: "example.com".into(),
+            gateway: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// Where an event is POSTed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The destination as users see it: the trigger's
+    /// `status.subscriberUri`, and `knativeerrordest` on dead letters.
+    pub uri: String,
+    /// Where the request goes: `uri` itself, or the mesh gateway with the
+    /// same path.
+    pub url: String,
+    /// The Host header a mesh delivery carries (the Service's host).
+    pub host: Option<HeaderValue>,
+    /// The Service a `ref` names, `namespace/name`.
+    pub service: Option<(String, String)>,
+}
+
+impl Target {
+    /// A plain URL, delivered to directly.
+    pub fn direct(uri: impl Into<String>) -> Target {
+        let uri = uri.into();
+        Target {
+            url: uri.clone(),
+            uri,
+            host: None,
+            service: None,
+        }
+    }
+}
+
+impl From<&str> for Target {
+    fn from(uri: &str) -> Target {
+        Target::direct(uri)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackoffPolicy {
     Linear,
@@ -127,7 +179,7 @@ pub struct DeliveryPolicy {
     /// field is unset). `Some(0)` also ignores it. Otherwise the header of
     /// a 429 or 503 is honoured up to this bound.
     pub retry_after_max: Option<Duration>,
-    pub dead_letter_sink: Option<String>,
+    pub dead_letter_sink: Option<Target>,
 }
 
 impl Default for DeliveryPolicy {
@@ -161,330 +213,284 @@ impl DeliveryPolicy {
             .min(MAX_BACKOFF)
     }
 
-    fn compile(spec: &DeliverySpec, path: &str) -> Result<DeliveryPolicy, String> {
+    fn compile(
+        spec: &DeliverySpec,
+        path: &str,
+        ns: &str,
+        r: &Resolver,
+        errs: &mut FieldErrors,
+    ) -> DeliveryPolicy {
         let mut p = DeliveryPolicy::default();
-        if let Some(r) = spec.retry {
-            p.retry = u32::try_from(r).map_err(|_| format!("{path}.retry: must be >= 0"))?;
+        if let Some(n) = spec.retry {
+            match u32::try_from(n) {
+                Ok(n) => p.retry = n,
+                Err(_) => errs.push(format!("{path}.retry"), "must be >= 0"),
+            }
         }
         if let Some(b) = &spec.backoff_policy {
-            p.backoff_policy = match b.as_str() {
-                "linear" => BackoffPolicy::Linear,
-                "exponential" => BackoffPolicy::Exponential,
-                other => {
-                    return Err(format!(
-                        "{path}.backoffPolicy: {other:?} is not linear or exponential"
-                    ))
-                }
-            };
-        }
-        if let Some(d) = &spec.backoff_delay {
-            p.backoff_delay =
-                duration::parse(d).map_err(|e| format!("{path}.backoffDelay: {e}"))?;
-        }
-        if let Some(t) = &spec.timeout {
-            let t = duration::parse(t).map_err(|e| format!("{path}.timeout: {e}"))?;
-            if t.is_zero() {
-                return Err(format!("{path}.timeout: must be greater than zero"));
+            match b.as_str() {
+                "linear" => p.backoff_policy = BackoffPolicy::Linear,
+                "exponential" => p.backoff_policy = BackoffPolicy::Exponential,
+                other => errs.push(
+                    format!("{path}.backoffPolicy"),
+                    format!("{other:?} is not linear or exponential"),
+                ),
             }
-            p.timeout = Some(t);
         }
-        if let Some(m) = &spec.retry_after_max {
-            p.retry_after_max =
-                Some(duration::parse(m).map_err(|e| format!("{path}.retryAfterMax: {e}"))?);
+        let mut dur = |field: &str, v: &Option<String>| -> Option<Duration> {
+            let s = v.as_deref()?;
+            duration::parse(s)
+                .map_err(|e| errs.push(format!("{path}.{field}"), e))
+                .ok()
+        };
+        if let Some(d) = dur("backoffDelay", &spec.backoff_delay) {
+            p.backoff_delay = d;
+        }
+        let timeout = dur("timeout", &spec.timeout);
+        p.retry_after_max = dur("retryAfterMax", &spec.retry_after_max);
+        match timeout {
+            Some(t) if t.is_zero() => {
+                errs.push(format!("{path}.timeout"), "must be greater than zero")
+            }
+            t => p.timeout = t,
         }
         if let Some(d) = &spec.dead_letter_sink {
-            p.dead_letter_sink = Some(resolve(d, &format!("{path}.deadLetterSink"))?);
+            p.dead_letter_sink = resolve(d, &format!("{path}.deadLetterSink"), ns, r, errs);
         }
-        Ok(p)
+        p
     }
 }
 
-fn resolve(d: &Destination, path: &str) -> Result<String, String> {
+/// Compiles a destination, or records why it cannot be.
+fn resolve(
+    d: &Destination,
+    path: &str,
+    ns: &str,
+    r: &Resolver,
+    errs: &mut FieldErrors,
+) -> Option<Target> {
+    let uri_path = format!("{path}.uri");
     match (&d.uri, &d.reference) {
         (Some(uri), None) => {
-            check_uri(uri).map_err(|e| format!("{path}.uri: {e}"))?;
-            if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-                return Err(format!("{path}.uri: only http and https are supported"));
+            if let Err(e) = check_uri(uri) {
+                errs.push(uri_path, e);
+                return None;
             }
-            Ok(uri.clone())
+            if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+                errs.push(uri_path, "only http and https are supported");
+                return None;
+            }
+            Some(Target::direct(uri.as_str()))
         }
-        (_, Some(r)) => Err(format!(
-            "{path}.ref: {} {:?} — references need the serving model, which is not wired \
-             to the broker yet; use {path}.uri",
-            r.kind, r.name
-        )),
-        (None, None) => Err(format!("{path}: needs uri (or ref)")),
+        (relative, Some(k)) => {
+            let ref_path = format!("{path}.ref");
+            let mut ok = true;
+            if k.kind != "Service" {
+                errs.push(
+                    format!("{ref_path}.kind"),
+                    format!(
+                        "{:?} is not supported: a destination may refer to a Service \
+                         ({SERVICE_API_VERSION})",
+                        k.kind
+                    ),
+                );
+                ok = false;
+            }
+            if let Some(v) = &k.api_version {
+                if v != SERVICE_API_VERSION {
+                    errs.push(
+                        format!("{ref_path}.apiVersion"),
+                        format!("expected {SERVICE_API_VERSION:?}"),
+                    );
+                    ok = false;
+                }
+            }
+            let ref_ns = k.namespace.as_deref().unwrap_or(ns);
+            for (field, v) in [("name", k.name.as_str()), ("namespace", ref_ns)] {
+                if let Err(e) = crate::model::meta::check_dns1123_label(v) {
+                    errs.push(format!("{ref_path}.{field}"), e);
+                    ok = false;
+                }
+            }
+            // Knative resolves `uri` against the referent's URL, and
+            // refuses an absolute one.
+            let rel = match relative.as_deref() {
+                None | Some("") => "/".to_owned(),
+                Some(u) => {
+                    if check_uri(u).is_ok() || u.starts_with("//") {
+                        errs.push(
+                            uri_path,
+                            "must be a relative path when ref is set (it is appended to the \
+                             Service's URL)",
+                        );
+                        return None;
+                    }
+                    if let Err(e) = super::event::check_uri_reference(u) {
+                        errs.push(uri_path, e);
+                        return None;
+                    }
+                    format!("/{}", u.trim_start_matches('/'))
+                }
+            };
+            if !ok {
+                return None;
+            }
+            let host = format!("{}.{ref_ns}.{}", k.name, r.domain);
+            let Ok(host_header) = HeaderValue::from_str(&host) else {
+                errs.push(
+                    ref_path,
+                    format!("{host:?} is not a valid host (check the domain)"),
+                );
+                return None;
+            };
+            Some(Target {
+                uri: format!("http://{host}{rel}"),
+                url: format!("http://{}{rel}", r.gateway),
+                host: Some(host_header),
+                service: Some((ref_ns.to_owned(), k.name.clone())),
+            })
+        }
+        (None, None) => {
+            errs.push(path, "expected exactly one, got neither: uri, ref");
+            None
+        }
     }
 }
 
+/// A Broker as the running broker needs it.
 #[derive(Clone, Debug)]
 pub struct BrokerDef {
     pub namespace: String,
     pub name: String,
-    pub delivery: DeliveryPolicy,
+    /// The default delivery of its triggers (as written: each trigger
+    /// compiles it against its own namespace).
+    pub delivery: Option<DeliverySpec>,
 }
 
+/// A Trigger as its dispatcher needs it.
 #[derive(Clone, Debug)]
 pub struct TriggerDef {
     pub namespace: String,
     pub name: String,
     pub broker: String,
     pub filter: Filter,
-    pub subscriber: String,
+    pub subscriber: Target,
     pub delivery: DeliveryPolicy,
+    /// What this was compiled from (the trigger's spec and its broker's
+    /// delivery): a change means the dispatcher restarts with the new
+    /// definition, keeping its cursor.
+    pub source: Value,
 }
 
 impl TriggerDef {
     /// The name of this trigger's cursor in its broker's log.
     pub fn cursor_name(&self) -> String {
-        format!("{}.{}", self.namespace, self.name)
+        cursor_name(&self.namespace, &self.name)
     }
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct EventingConfig {
-    pub brokers: Vec<BrokerDef>,
-    pub triggers: Vec<TriggerDef>,
+/// A trigger's cursor name: `{namespace}.{name}`.
+pub fn cursor_name(namespace: &str, trigger: &str) -> String {
+    format!("{namespace}.{trigger}")
 }
 
-/// Kubernetes object names: DNS-1123 labels.
-fn check_name(n: &str, path: &str) -> Result<(), String> {
-    let ok = !n.is_empty()
-        && n.len() <= 63
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !n.starts_with('-')
-        && !n.ends_with('-');
-    if ok {
-        Ok(())
+fn typed<T: serde::de::DeserializeOwned + Default>(spec: &Value) -> Result<T, FieldErrors> {
+    if spec.is_null() {
+        return Ok(T::default());
+    }
+    serde_path_to_error::deserialize::<_, T>(spec).map_err(|e| {
+        let at = e.path().to_string();
+        let path = if at == "." || at.is_empty() {
+            "spec".to_owned()
+        } else {
+            format!("spec.{at}")
+        };
+        FieldErrors::from(FieldError::new(path, e.into_inner().to_string()))
+    })
+}
+
+/// Reads a Broker's spec.
+pub fn broker_spec(spec: &Value) -> Result<BrokerSpec, FieldErrors> {
+    typed(spec)
+}
+
+/// Compiles a stored Broker.
+pub fn compile_broker(obj: &EventingObject, r: &Resolver) -> Result<BrokerDef, FieldErrors> {
+    let spec = broker_spec(&obj.spec)?;
+    let mut errs = FieldErrors::default();
+    if let Some(d) = &spec.delivery {
+        DeliveryPolicy::compile(d, "spec.delivery", &obj.metadata.namespace, r, &mut errs);
+    }
+    errs.into_result()?;
+    Ok(BrokerDef {
+        namespace: obj.metadata.namespace.clone(),
+        name: obj.metadata.name.clone(),
+        delivery: spec.delivery,
+    })
+}
+
+/// Compiles a stored Trigger; `broker_delivery` is its broker's
+/// `spec.delivery`, which applies when the trigger has none of its own
+/// (the trigger's replaces it as a whole, as in Knative).
+pub fn compile_trigger(
+    obj: &EventingObject,
+    broker_delivery: Option<&DeliverySpec>,
+    r: &Resolver,
+) -> Result<TriggerDef, FieldErrors> {
+    let spec: TriggerSpec = typed(&obj.spec)?;
+    let ns = obj.metadata.namespace.as_str();
+    let mut errs = FieldErrors::default();
+    let filter = Filter::compile(spec.filter.as_ref().map(|f| &f.attributes), &spec.filters)
+        .map_err(|e| errs.push(e.path, e.message))
+        .ok();
+    let subscriber = resolve(&spec.subscriber, "spec.subscriber", ns, r, &mut errs);
+    let delivery = match (&spec.delivery, broker_delivery) {
+        (Some(d), _) => DeliveryPolicy::compile(d, "spec.delivery", ns, r, &mut errs),
+        (None, Some(d)) => {
+            DeliveryPolicy::compile(d, "the broker's spec.delivery", ns, r, &mut errs)
+        }
+        (None, None) => DeliveryPolicy::default(),
+    };
+    errs.into_result()?;
+    let (Some(filter), Some(subscriber)) = (filter, subscriber) else {
+        return Err(FieldErrors::from(FieldError::new(
+            "spec",
+            "does not compile",
+        )));
+    };
+    Ok(TriggerDef {
+        namespace: ns.to_owned(),
+        name: obj.metadata.name.clone(),
+        broker: spec.broker,
+        filter,
+        subscriber,
+        delivery,
+        source: serde_json::json!({
+            "spec": obj.spec,
+            "brokerDelivery": broker_delivery,
+        }),
+    })
+}
+
+/// What `apply` runs after the shape check: everything the broker would
+/// refuse when starting the object.
+pub fn validate(obj: &EventingObject, kind: &str) -> Result<(), FieldErrors> {
+    let r = Resolver::for_validation();
+    let mut defaulted;
+    let obj = if obj.metadata.namespace.is_empty() {
+        // Validation runs before defaults: a ref's namespace defaults to
+        // the object's, which defaults to `default`.
+        defaulted = obj.clone();
+        defaulted.metadata.namespace = crate::model::meta::DEFAULT_NAMESPACE.to_owned();
+        &defaulted
     } else {
-        Err(format!(
-            "{path}: {n:?} is not a valid name (lowercase letters, digits, '-')"
-        ))
-    }
-}
-
-impl EventingConfig {
-    /// Parses a YAML stream of Broker and Trigger manifests.
-    pub fn from_yaml(text: &str) -> Result<EventingConfig, String> {
-        let mut manifests = Vec::new();
-        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-            let v =
-                serde_norway::Value::deserialize(doc).map_err(|e| format!("document {i}: {e}"))?;
-            if v.is_null() {
-                continue;
-            }
-            let m: Manifest =
-                serde_norway::from_value(v).map_err(|e| format!("document {i}: {e}"))?;
-            manifests.push(m);
-        }
-        EventingConfig::from_manifests(&manifests)
-    }
-
-    pub fn from_manifests(manifests: &[Manifest]) -> Result<EventingConfig, String> {
-        let mut cfg = EventingConfig::default();
-        let mut broker_delivery: BTreeMap<(String, String), Option<DeliverySpec>> = BTreeMap::new();
-        let mut trigger_specs = Vec::new();
-        for m in manifests {
-            let ns = m
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let what = format!("{} {ns}/{}", m.kind, m.metadata.name);
-            if m.api_version != API_VERSION {
-                return Err(format!("{what}: apiVersion must be {API_VERSION}"));
-            }
-            check_name(&m.metadata.name, &format!("{what}: metadata.name"))?;
-            check_name(&ns, &format!("{what}: metadata.namespace"))?;
-            match m.kind.as_str() {
-                "Broker" => {
-                    let spec: BrokerSpec = if m.spec.is_null() {
-                        BrokerSpec::default()
-                    } else {
-                        serde_json::from_value(m.spec.clone())
-                            .map_err(|e| format!("{what}: spec: {e}"))?
-                    };
-                    let key = (ns.clone(), m.metadata.name.clone());
-                    if broker_delivery.insert(key, spec.delivery.clone()).is_some() {
-                        return Err(format!("{what}: defined twice"));
-                    }
-                    cfg.brokers.push(BrokerDef {
-                        namespace: ns,
-                        name: m.metadata.name.clone(),
-                        delivery: match &spec.delivery {
-                            Some(d) => {
-                                DeliveryPolicy::compile(d, &format!("{what}: spec.delivery"))?
-                            }
-                            None => DeliveryPolicy::default(),
-                        },
-                    });
-                }
-                "Trigger" => {
-                    let spec: TriggerSpec = serde_json::from_value(m.spec.clone())
-                        .map_err(|e| format!("{what}: spec: {e}"))?;
-                    trigger_specs.push((ns, m.metadata.name.clone(), what, spec));
-                }
-                other => return Err(format!("{what}: unsupported kind {other:?}")),
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (ns, name, what, spec) in trigger_specs {
-            if !seen.insert((ns.clone(), name.clone())) {
-                return Err(format!("{what}: defined twice"));
-            }
-            let Some(bdel) = broker_delivery.get(&(ns.clone(), spec.broker.clone())) else {
-                return Err(format!(
-                    "{what}: spec.broker: no broker {ns}/{} is defined",
-                    spec.broker
-                ));
-            };
-            let filter =
-                Filter::compile(spec.filter.as_ref().map(|f| &f.attributes), &spec.filters)
-                    .map_err(|e| format!("{what}: {e}"))?;
-            let subscriber = resolve(&spec.subscriber, &format!("{what}: spec.subscriber"))?;
-            // The trigger's delivery replaces the broker's as a whole.
-            let delivery = match (&spec.delivery, bdel) {
-                (Some(d), _) => DeliveryPolicy::compile(d, &format!("{what}: spec.delivery"))?,
-                (None, Some(d)) => DeliveryPolicy::compile(d, &format!("{what}: broker delivery"))?,
-                (None, None) => DeliveryPolicy::default(),
-            };
-            cfg.triggers.push(TriggerDef {
-                namespace: ns,
-                name,
-                broker: spec.broker,
-                filter,
-                subscriber,
-                delivery,
-            });
-        }
-        Ok(cfg)
+        obj
+    };
+    match kind {
+        "Broker" => compile_broker(obj, &r).map(|_| ()),
+        _ => compile_trigger(obj, None, &r).map(|_| ()),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const YAML: &str = r#"
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata:
-  name: default
-  namespace: shop
-spec:
-  delivery:
-    retry: 3
-    backoffPolicy: linear
-    backoffDelay: PT0.5S
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: orders
-  namespace: shop
-spec:
-  broker: default
-  filter:
-    attributes:
-      type: com.example.order
-  subscriber:
-    uri: http://127.0.0.1:9999/orders
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: audit
-  namespace: shop
-spec:
-  broker: default
-  filters:
-    - cesql: "type LIKE 'com.example.%'"
-  subscriber:
-    uri: http://127.0.0.1:9999/audit
-  delivery:
-    retry: 5
-    backoffPolicy: exponential
-    backoffDelay: PT1S
-    timeout: PT2S
-    retryAfterMax: PT30S
-    deadLetterSink:
-      uri: http://127.0.0.1:9999/dls
-"#;
-
-    #[test]
-    fn parses_knative_manifests() {
-        let c = EventingConfig::from_yaml(YAML).expect("valid");
-        assert_eq!(c.brokers.len(), 1);
-        assert_eq!(c.triggers.len(), 2);
-        let orders = &c.triggers[0];
-        assert_eq!(orders.cursor_name(), "shop.orders");
-        // Inherits the broker's delivery.
-        assert_eq!(orders.delivery.retry, 3);
-        assert_eq!(orders.delivery.backoff(2), Duration::from_secs(1));
-        let audit = &c.triggers[1];
-        assert_eq!(audit.delivery.retry, 5);
-        assert_eq!(audit.delivery.timeout, Some(Duration::from_secs(2)));
-        assert_eq!(
-            audit.delivery.retry_after_max,
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(audit.delivery.backoff(1), Duration::from_secs(2));
-        assert_eq!(audit.delivery.backoff(3), Duration::from_secs(8));
-        assert_eq!(
-            audit.delivery.dead_letter_sink.as_deref(),
-            Some("http://127.0.0.1:9999/dls")
-        );
-    }
-
-    #[test]
-    fn the_shipped_example_is_valid() {
-        let c = EventingConfig::from_yaml(include_str!("../../../examples/eventing/brokers.yaml"))
-            .expect("examples/eventing/brokers.yaml");
-        assert_eq!(c.triggers.len(), 2);
-    }
-
-    #[test]
-    fn backoff_formulas() {
-        let mut p = DeliveryPolicy {
-            backoff_delay: Duration::from_millis(100),
-            backoff_policy: BackoffPolicy::Linear,
-            ..DeliveryPolicy::default()
-        };
-        let ms = |n| p.backoff(n).as_millis();
-        assert_eq!((ms(1), ms(2), ms(3)), (100, 200, 300));
-        p.backoff_policy = BackoffPolicy::Exponential;
-        let ms = |n| p.backoff(n).as_millis();
-        assert_eq!((ms(1), ms(2), ms(3)), (200, 400, 800));
-        assert_eq!(p.backoff(200), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn errors_name_the_object_and_field() {
-        let bad = |y: &str| EventingConfig::from_yaml(y).expect_err(y);
-        let head = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b}\n";
-        assert!(
-            bad(&format!("{head}spec: {{delivery: {{backoffDelay: 5s}}}}"))
-                .contains("spec.delivery.backoffDelay")
-        );
-        assert!(bad(&format!(
-            "{head}spec: {{delivery: {{backoffPolicy: random}}}}"
-        ))
-        .contains("backoffPolicy"));
-        assert!(bad(&format!("{head}spec: {{delivery: {{retry: -1}}}}")).contains("retry"));
-        let t = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\n";
-        assert!(bad(&format!(
-            "{head}---\n{t}spec: {{broker: nope, subscriber: {{uri: 'http://x'}}}}"
-        ))
-        .contains("no broker default/nope"));
-        assert!(bad(&format!(
-            "{head}---\n{t}spec: {{broker: b, subscriber: {{uri: 'http://x'}}, filters: [{{cesql: 'a ='}}]}}"
-        ))
-        .contains("spec.filters[0].cesql: at position 3"));
-        assert!(bad(&format!(
-            "{head}---\n{t}spec: {{broker: b, subscriber: {{}}}}"
-        ))
-        .contains("spec.subscriber"));
-        assert!(bad("apiVersion: v1\nkind: Broker\nmetadata: {name: b}\n").contains("apiVersion"));
-    }
-}
+mod tests;

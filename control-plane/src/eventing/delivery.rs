@@ -9,7 +9,6 @@
 //! timeouts, 5xx, 404, 408, 409 and 429. Other answers (3xx, other 4xx)
 //! fail at once and go to the dead-letter sink.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,8 +22,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::config::DeliveryPolicy;
+use super::config::{DeliveryPolicy, Target};
 use super::event::{self, AttrValue, Event};
+pub use super::metrics::TriggerStats;
 
 /// Knative truncates the base64 of the failed response body to this.
 pub const ERROR_DATA_MAX: usize = 1024;
@@ -131,28 +131,6 @@ impl Sender for HyperSender {
     }
 }
 
-/// Per-trigger counters (also read by tests).
-#[derive(Debug, Default)]
-pub struct TriggerStats {
-    pub delivered: AtomicU64,
-    pub failed_attempts: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub dropped: AtomicU64,
-    pub parked: AtomicU64,
-    pub replies: AtomicU64,
-    pub bad_replies: AtomicU64,
-}
-
-impl TriggerStats {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-
-    fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// How one event ended for one trigger.
 #[derive(Debug)]
 pub enum Outcome {
@@ -179,7 +157,7 @@ struct Failure {
 pub struct Deliverer {
     pub sender: Arc<dyn Sender>,
     pub sleeper: Arc<dyn Sleeper>,
-    pub subscriber: String,
+    pub subscriber: Target,
     pub policy: DeliveryPolicy,
     pub stats: Arc<TriggerStats>,
     /// For log lines.
@@ -188,6 +166,16 @@ pub struct Deliverer {
 
 fn retryable(status: u16) -> bool {
     status >= 500 || matches!(status, 404 | 408 | 409 | 429)
+}
+
+/// The event in binary mode, addressed to `to` (a mesh destination gets
+/// its Service's Host header, which the gateway routes on).
+fn binary_for(to: &Target, ev: &Event) -> (HeaderMap, Bytes) {
+    let (mut headers, body) = ev.to_binary();
+    if let Some(host) = &to.host {
+        headers.insert(http::header::HOST, host.clone());
+    }
+    (headers, body)
 }
 
 /// `Retry-After` as delay-seconds or an HTTP-date.
@@ -203,15 +191,19 @@ pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
 impl Deliverer {
     /// Runs the whole schedule for `ev`.
     pub async fn deliver(&self, ev: &Event) -> Outcome {
+        let started = tokio::time::Instant::now();
         let failure = match self.send_with_retries(&self.subscriber, ev).await {
             Ok(resp) => {
-                TriggerStats::inc(&self.stats.delivered);
+                self.stats.delivered.inc();
+                self.stats
+                    .delivery_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 return Outcome::Delivered(self.reply_of(resp));
             }
             Err(f) => f,
         };
         let Some(dls) = &self.policy.dead_letter_sink else {
-            TriggerStats::inc(&self.stats.dropped);
+            self.stats.dropped.inc();
             tracing::warn!(
                 trigger = %self.trigger,
                 id = ev.id(),
@@ -225,11 +217,11 @@ impl Deliverer {
         let dead = self.dead_letter_event(ev, &failure);
         match self.send_with_retries(dls, &dead).await {
             Ok(_) => {
-                TriggerStats::inc(&self.stats.dead_lettered);
+                self.stats.dead_lettered.inc();
                 Outcome::DeadLettered
             }
             Err(f) => {
-                TriggerStats::inc(&self.stats.parked);
+                self.stats.parked.inc();
                 tracing::error!(
                     trigger = %self.trigger,
                     id = ev.id(),
@@ -246,10 +238,10 @@ impl Deliverer {
     /// Retries a parked event's dead-letter delivery with capped backoff
     /// until the sink takes it. Never gives up: the event is not dropped.
     pub async fn retry_parked(&self, dead: &Event) -> Outcome {
-        let (headers, body) = dead.to_binary();
         let Some(dls) = &self.policy.dead_letter_sink else {
             return Outcome::Dropped;
         };
+        let (headers, body) = binary_for(dls, dead);
         let base = self.policy.backoff_delay.max(Duration::from_millis(100));
         for n in 1u32.. {
             let wait = base
@@ -257,17 +249,18 @@ impl Deliverer {
                 .unwrap_or(PARK_MAX_BACKOFF)
                 .min(PARK_MAX_BACKOFF);
             self.sleeper.sleep(wait).await;
+            self.stats.retries.inc();
             match self
                 .sender
-                .post(dls, headers.clone(), body.clone(), self.policy.timeout)
+                .post(&dls.url, headers.clone(), body.clone(), self.policy.timeout)
                 .await
             {
                 Ok(r) if (200..300).contains(&r.status) => {
-                    TriggerStats::inc(&self.stats.dead_lettered);
+                    self.stats.dead_lettered.inc();
                     tracing::info!(trigger = %self.trigger, id = dead.id(), "parked event taken by the dead-letter sink");
                     return Outcome::DeadLettered;
                 }
-                _ => TriggerStats::inc(&self.stats.failed_attempts),
+                _ => self.stats.failed_attempts.inc(),
             }
         }
         Outcome::Dropped
@@ -277,7 +270,7 @@ impl Deliverer {
     /// extensions added.
     fn dead_letter_event(&self, ev: &Event, f: &Failure) -> Event {
         let mut dead = ev.clone();
-        dead.set("knativeerrordest", self.subscriber.as_str());
+        dead.set("knativeerrordest", self.subscriber.uri.as_str());
         if let Some(code) = f.status {
             dead.set("knativeerrorcode", AttrValue::String(code.to_string()));
         }
@@ -306,17 +299,17 @@ impl Deliverer {
         }
         match event::from_http(&resp.headers, resp.body) {
             Ok(mut evs) if evs.len() == 1 => {
-                TriggerStats::inc(&self.stats.replies);
+                self.stats.replies.inc();
                 evs.pop()
             }
             Ok(evs) => {
-                TriggerStats::inc(&self.stats.bad_replies);
+                self.stats.bad_replies.inc();
                 tracing::warn!(trigger = %self.trigger, count = evs.len(), "a reply must be one event; ignored");
                 None
             }
             Err(e) => {
                 // The subscriber did take the event; only its reply is bad.
-                TriggerStats::inc(&self.stats.bad_replies);
+                self.stats.bad_replies.inc();
                 tracing::warn!(trigger = %self.trigger, error = %e, "invalid reply event ignored");
                 None
             }
@@ -324,8 +317,9 @@ impl Deliverer {
     }
 
     /// First try plus `retry` retries; `Ok` on any 2xx.
-    async fn send_with_retries(&self, url: &str, ev: &Event) -> Result<HttpResponse, Failure> {
-        let (headers, body) = ev.to_binary();
+    async fn send_with_retries(&self, to: &Target, ev: &Event) -> Result<HttpResponse, Failure> {
+        let url = to.url.as_str();
+        let (headers, body) = binary_for(to, ev);
         let mut failure = Failure::default();
         let mut retry_after: Option<Duration> = None;
         for attempt in 0..=self.policy.retry {
@@ -335,6 +329,7 @@ impl Deliverer {
                     wait = wait.max(ra);
                 }
                 self.sleeper.sleep(wait).await;
+                self.stats.retries.inc();
             }
             match self
                 .sender
@@ -343,7 +338,7 @@ impl Deliverer {
             {
                 Ok(r) if (200..300).contains(&r.status) => return Ok(r),
                 Ok(r) => {
-                    TriggerStats::inc(&self.stats.failed_attempts);
+                    self.stats.failed_attempts.inc();
                     let again = retryable(r.status);
                     retry_after = self.retry_after(&r);
                     tracing::debug!(trigger = %self.trigger, url, status = r.status, attempt, "delivery attempt failed");
@@ -357,7 +352,7 @@ impl Deliverer {
                     }
                 }
                 Err(e) => {
-                    TriggerStats::inc(&self.stats.failed_attempts);
+                    self.stats.failed_attempts.inc();
                     tracing::debug!(trigger = %self.trigger, url, error = %e, attempt, "delivery attempt failed");
                     failure = Failure {
                         status: None,

@@ -93,7 +93,7 @@ impl Dispatcher {
                 Ok(recs) if recs.first().is_some_and(|r| r.offset == off) => {
                     if let Ok(ev) = Event::decode(&recs[0].payload) {
                         let mut dead = ev;
-                        dead.set("knativeerrordest", self.trigger.subscriber.as_str());
+                        dead.set("knativeerrordest", self.trigger.subscriber.uri.as_str());
                         let d = deliverer.clone();
                         tasks.spawn(async move {
                             d.retry_parked(&dead).await;
@@ -181,6 +181,7 @@ impl Dispatcher {
                 cursor.committed += 1;
             }
             dirty |= cursor.committed != before;
+            self.stats.set_lag(self.log.end(), cursor.committed);
 
             tokio::select! {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cesql::Expression;
 use super::event::Event;
+use crate::model::FieldError;
 
 /// One entry of `spec.filters`, as written in the manifest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -76,7 +77,7 @@ impl Filter {
     pub fn compile(
         attributes: Option<&BTreeMap<String, String>>,
         filters: &[SubscriptionsApiFilter],
-    ) -> Result<Filter, String> {
+    ) -> Result<Filter, FieldError> {
         if !filters.is_empty() {
             let nodes = filters
                 .iter()
@@ -107,32 +108,36 @@ impl Filter {
 
 /// Knative's rule for filter keys: a lowercase letter, then lowercase
 /// letters or digits.
-fn check_attr_name(name: &str, path: &str) -> Result<(), String> {
+fn check_attr_name(name: &str, path: &str) -> Result<(), FieldError> {
     let mut b = name.bytes();
     let ok = b.next().is_some_and(|c| c.is_ascii_lowercase())
         && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{path}: attribute name {name:?} must start with a letter and be lowercase alphanumeric"
+        Err(FieldError::new(
+            format!("{path}.{name}"),
+            "attribute names must start with a letter and be lowercase alphanumeric",
         ))
     }
 }
 
-fn pairs(m: &BTreeMap<String, String>, path: &str) -> Result<Vec<(String, String)>, String> {
+fn pairs(m: &BTreeMap<String, String>, path: &str) -> Result<Vec<(String, String)>, FieldError> {
     m.iter()
         .map(|(k, v)| {
             check_attr_name(k, path)?;
             if v.is_empty() {
-                return Err(format!("{path}.{k}: value must not be empty"));
+                return Err(FieldError::new(
+                    format!("{path}.{k}"),
+                    "value must not be empty",
+                ));
             }
             Ok((k.clone(), v.clone()))
         })
         .collect()
 }
 
-fn compile_one(f: &SubscriptionsApiFilter, path: &str) -> Result<Node, String> {
+fn compile_one(f: &SubscriptionsApiFilter, path: &str) -> Result<Node, FieldError> {
     let dialects = usize::from(!f.all.is_empty())
         + usize::from(!f.any.is_empty())
         + usize::from(f.not.is_some())
@@ -141,8 +146,9 @@ fn compile_one(f: &SubscriptionsApiFilter, path: &str) -> Result<Node, String> {
         + usize::from(!f.suffix.is_empty())
         + usize::from(f.cesql.is_some());
     if dialects > 1 {
-        return Err(format!(
-            "{path}: multiple dialects found, filters can have only one dialect set"
+        return Err(FieldError::new(
+            path,
+            "multiple dialects found, filters can have only one dialect set",
         ));
     }
     let list = |v: &[SubscriptionsApiFilter], name: &str| {
@@ -164,9 +170,9 @@ fn compile_one(f: &SubscriptionsApiFilter, path: &str) -> Result<Node, String> {
     } else if !f.suffix.is_empty() {
         Node::Suffix(pairs(&f.suffix, &format!("{path}.suffix"))?)
     } else if let Some(src) = &f.cesql {
-        Node::Cesql(Box::new(
-            Expression::parse(src).map_err(|e| format!("{path}.cesql: {e}"))?,
-        ))
+        Node::Cesql(Box::new(Expression::parse(src).map_err(|e| {
+            FieldError::new(format!("{path}.cesql"), e.to_string())
+        })?))
     } else {
         Node::None
     })
@@ -318,11 +324,11 @@ mod tests {
     fn config_errors_name_the_field() {
         let bad = |yaml: &str| {
             let filters: Vec<SubscriptionsApiFilter> = serde_norway::from_str(yaml).expect("yaml");
-            Filter::compile(None, &filters).expect_err(yaml)
+            Filter::compile(None, &filters).expect_err(yaml).to_string()
         };
         assert!(bad("[{exact: {type: a}, prefix: {type: b}}]").contains("multiple dialects"));
         assert!(bad("[{exact: {type: ''}}]").contains("spec.filters[0].exact.type"));
-        assert!(bad("[{exact: {Type: a}}]").contains("Type"));
+        assert!(bad("[{exact: {Type: a}}]").contains("spec.filters[0].exact.Type"));
         let e = bad("[{all: [{cesql: 'a = '}]}]");
         assert!(
             e.contains("spec.filters[0].all[0].cesql: at position 4"),

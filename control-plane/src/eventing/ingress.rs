@@ -12,6 +12,11 @@
 //!
 //! `GET /healthz` answers 200 for probes.
 //!
+//! The brokers served come from a `watch` of [`Routes`] that the
+//! controller replaces when a Broker is created or deleted; a request reads
+//! it once (an `Arc` clone under a read lock, no await while held), keyed
+//! by the path itself so the lookup allocates nothing.
+//!
 //! The 202 is sent only after the append's future resolved, which the
 //! embedded log resolves after the fsync of the batch that carried it. A
 //! batched request is appended as one unit, so it is accepted or refused
@@ -31,10 +36,24 @@ use tokio::sync::watch;
 
 use super::event;
 use super::log::{EventLog, LogError};
+use super::metrics::BrokerMetrics;
+
+/// One broker as ingress sees it.
+pub struct BrokerRoute {
+    pub log: Arc<dyn EventLog>,
+    pub metrics: BrokerMetrics,
+}
+
+/// `"{namespace}/{broker}"` → the broker.
+pub type Routes = HashMap<String, Arc<BrokerRoute>>;
+
+/// The key of a broker in [`Routes`].
+pub fn route_key(namespace: &str, broker: &str) -> String {
+    format!("{namespace}/{broker}")
+}
 
 pub struct IngressState {
-    /// (namespace, broker) → its log.
-    pub brokers: HashMap<(String, String), Arc<dyn EventLog>>,
+    pub routes: watch::Receiver<Arc<Routes>>,
     /// Largest request body accepted.
     pub max_body: usize,
 }
@@ -101,21 +120,19 @@ where
     if path == "/healthz" && req.method() == Method::GET {
         return reply(StatusCode::OK, "ok");
     }
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let [ns, name] = segs[..] else {
+    let key = path.trim_matches('/');
+    let Some((ns, name)) = key.split_once('/').filter(|(_, n)| !n.contains('/')) else {
         return reply(
             StatusCode::NOT_FOUND,
             "not found: POST /{namespace}/{broker}",
         );
     };
-    let Some(log) = state
-        .brokers
-        .get(&(ns.to_owned(), name.to_owned()))
-        .cloned()
-    else {
+    let Some(broker) = state.routes.borrow().get(key).cloned() else {
         return reply(StatusCode::NOT_FOUND, format!("no broker {ns}/{name}"));
     };
+    let m = &broker.metrics;
     if req.method() != Method::POST {
+        m.rejected_method.inc();
         let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "only POST is allowed");
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -127,6 +144,7 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.max_body as u64) {
+        m.rejected_too_large.inc();
         return reply(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body over the {} byte limit", state.max_body),
@@ -139,30 +157,46 @@ where
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
+                m.rejected_too_large.inc();
                 return reply(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("body over the {} byte limit", state.max_body),
                 );
             }
+            m.rejected_invalid.inc();
             return reply(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
         }
     };
     let events = match event::from_http(&parts.headers, body) {
         Ok(evs) => evs,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}")),
+        Err(e) => {
+            m.rejected_invalid.inc();
+            return reply(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"));
+        }
     };
     if events.is_empty() {
         return reply(StatusCode::ACCEPTED, "");
     }
+    let n = events.len() as u64;
     let records = events.iter().map(event::Event::encode).collect();
-    match log.append(records).await {
-        Ok(_) => reply(StatusCode::ACCEPTED, ""),
-        Err(LogError::TooLarge { size, max }) => reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("event of {size} bytes over the {max} byte limit"),
-        ),
+    let started = tokio::time::Instant::now();
+    let appended = broker.log.append(records).await;
+    m.append_seconds.observe(started.elapsed().as_secs_f64());
+    match appended {
+        Ok(_) => {
+            m.accepted.inc_by(n);
+            reply(StatusCode::ACCEPTED, "")
+        }
+        Err(LogError::TooLarge { size, max }) => {
+            m.rejected_too_large.inc();
+            reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("event of {size} bytes over the {max} byte limit"),
+            )
+        }
         Err(e) => {
-            tracing::error!(broker = %format!("{ns}/{name}"), error = %e, "append failed");
+            m.rejected_unavailable.inc();
+            tracing::error!(broker = %key, error = %e, "append failed");
             reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("event log unavailable: {e}"),
@@ -178,16 +212,25 @@ mod tests {
     use crate::eventing::log::testutil::TempDir;
     use crate::eventing::log::{FileLog, FileLogOptions};
 
-    fn state(d: &TempDir) -> (IngressState, Arc<FileLog>) {
+    fn state(d: &TempDir) -> (IngressState, Arc<FileLog>, BrokerMetrics) {
         let log = Arc::new(FileLog::open(&d.0, FileLogOptions::default()).expect("open"));
-        let mut brokers: HashMap<(String, String), Arc<dyn EventLog>> = HashMap::new();
-        brokers.insert(("ns".into(), "b".into()), log.clone());
+        let metrics = BrokerMetrics::detached();
+        let mut routes = Routes::new();
+        routes.insert(
+            route_key("ns", "b"),
+            Arc::new(BrokerRoute {
+                log: log.clone(),
+                metrics: metrics.clone(),
+            }),
+        );
+        let (_tx, rx) = watch::channel(Arc::new(routes));
         (
             IngressState {
-                brokers,
+                routes: rx,
                 max_body: 1000,
             },
             log,
+            metrics,
         )
     }
 
@@ -220,7 +263,7 @@ mod tests {
     #[tokio::test]
     async fn status_codes() {
         let d = TempDir::new("ingress");
-        let (st, log) = state(&d);
+        let (st, log, m) = state(&d);
         let r = handle(&st, req(Method::POST, "/ns/b", &CE, b"hello")).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         assert_eq!(log.end(), 1);
@@ -258,5 +301,13 @@ mod tests {
         assert_eq!(log.end(), 3);
         let r = handle(&st, req(Method::GET, "/healthz", &[], b"")).await;
         assert_eq!(r.status(), StatusCode::OK);
+        let r = handle(&st, req(Method::POST, "/ns/b/extra", &CE, b"")).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        // Unknown brokers are not counted anywhere; known ones by outcome.
+        assert_eq!(m.accepted.get(), 3);
+        assert_eq!(m.rejected_invalid.get(), 1);
+        assert_eq!(m.rejected_method.get(), 1);
+        assert_eq!(m.rejected_too_large.get(), 1);
+        assert_eq!(m.append_seconds.get_sample_count(), 2);
     }
 }

@@ -1,7 +1,9 @@
 //! Knative `eventing.knative.dev/v1` Broker and Trigger, stored as generic
 //! objects (metadata + the spec as written + a status the broker sets).
-//! Only their shape is checked here; the broker (`eventing`) interprets
-//! them.
+//! Their shape is checked here; then the broker's own compiler
+//! (`crate::eventing::config::validate`: CESQL, filter keys, durations,
+//! destinations) checks what it would refuse, so `apply` never stores an
+//! object the broker cannot run.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -68,7 +70,10 @@ impl EventingObject {
             "Broker" => validate_broker(spec, &mut errs),
             _ => validate_trigger(spec, &mut errs),
         }
-        errs.into_result()
+        // The shape first: its messages are the more precise ones, and the
+        // compiler would only repeat them.
+        errs.into_result()?;
+        crate::eventing::config::validate(self, kind)
     }
 
     /// Knative refuses a change of `spec.broker` on an existing Trigger.

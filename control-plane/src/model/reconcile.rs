@@ -25,6 +25,7 @@ use super::serving::{
     RouteSpec, RouteStatus, Service, ServiceStatus, TrafficTarget, CONFIGURATION_GENERATION_LABEL,
     CONFIGURATION_LABEL, SERVICE_LABEL,
 };
+use crate::autoscaler::GlobalConfig;
 
 /// Why an apply was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,14 +94,16 @@ pub struct RevisionRuntime {
     pub failure: Option<(String, String)>,
 }
 
-/// Plans the apply of `input` over `existing`. `now` is the creation
-/// timestamp for new objects.
+/// Plans the apply of `input` over `existing`, validated against the
+/// cluster's `autoscaler` settings. `now` is the creation timestamp for new
+/// objects.
 pub fn plan_service_apply(
     input: Service,
     existing: &Existing,
+    autoscaler: &GlobalConfig,
     now: &str,
 ) -> Result<ApplyPlan, ApplyError> {
-    input.validate()?;
+    input.validate_with(autoscaler)?;
     let mut svc = input;
     svc.status = None;
     svc.set_defaults();

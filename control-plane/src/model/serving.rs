@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{join, FieldErrors};
 use super::meta::{self, Condition, ObjectMeta};
+use crate::autoscaler::{self, GlobalConfig};
 
 pub const API_VERSION: &str = "serving.knative.dev/v1";
 pub const SERVICE_LABEL: &str = "serving.knative.dev/service";
@@ -371,9 +372,16 @@ impl RevisionSpec {
 
 impl Service {
     /// Knative's validation of a Service, before defaults are applied to
-    /// `spec.traffic` (so "percent left out" still reads as 0). Every error
-    /// names its field path from the object root.
+    /// `spec.traffic` (so "percent left out" still reads as 0), on Knative's
+    /// default autoscaler settings. Every error names its field path from
+    /// the object root.
     pub fn validate(&self) -> Result<(), FieldErrors> {
+        self.validate_with(&GlobalConfig::default())
+    }
+
+    /// The same against a cluster's autoscaler settings, which decide
+    /// whether `initial-scale: "0"` is allowed and bound `max-scale`.
+    pub fn validate_with(&self, autoscaler: &GlobalConfig) -> Result<(), FieldErrors> {
         let mut errs = FieldErrors::default();
         if !self.api_version.is_empty() && self.api_version != API_VERSION {
             errs.push("apiVersion", format!("expected {API_VERSION:?}"));
@@ -394,6 +402,7 @@ impl Service {
         validate_template(
             &self.spec.template,
             &self.metadata.name,
+            autoscaler,
             "spec.template",
             &mut errs,
         );
@@ -408,7 +417,13 @@ impl Service {
     }
 }
 
-fn validate_template(t: &RevisionTemplate, parent: &str, path: &str, errs: &mut FieldErrors) {
+fn validate_template(
+    t: &RevisionTemplate,
+    parent: &str,
+    autoscaler: &GlobalConfig,
+    path: &str,
+    errs: &mut FieldErrors,
+) {
     let name = &t.metadata.name;
     if !name.is_empty() {
         let p = format!("{path}.metadata.name");
@@ -420,6 +435,7 @@ fn validate_template(t: &RevisionTemplate, parent: &str, path: &str, errs: &mut 
     }
     validate_autoscaling_annotations(
         &t.metadata.annotations,
+        autoscaler,
         &format!("{path}.metadata.annotations"),
         errs,
     );
@@ -541,121 +557,21 @@ fn is_env_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }
 
-/// The autoscaling annotations Ferry knows and what their values must be.
-/// Unknown `autoscaling.knative.dev/*` keys are refused (a typo would
-/// otherwise silently do nothing).
+/// The template's `autoscaling.knative.dev/*` annotations, checked by the
+/// autoscaler's own parsers against the cluster's defaults
+/// ([`autoscaler::config::validate_annotations`]): unknown keys are refused
+/// (a typo would otherwise silently do nothing), and every value the
+/// autoscaler could not use is a 400 naming the annotation.
 fn validate_autoscaling_annotations(
     annotations: &BTreeMap<String, String>,
+    autoscaler: &GlobalConfig,
     path: &str,
     errs: &mut FieldErrors,
 ) {
-    for (key, value) in annotations {
-        let Some(short) = key.strip_prefix(AUTOSCALING_PREFIX) else {
-            continue;
-        };
-        let p = format!("{path}.{key}");
-        let number = |min: f64| -> Result<(), String> {
-            match value.parse::<f64>() {
-                Ok(v) if v.is_finite() && v >= min => Ok(()),
-                _ => Err(format!("{value:?} is not a number >= {min}")),
-            }
-        };
-        let integer = || -> Result<(), String> {
-            value
-                .parse::<u32>()
-                .map(|_| ())
-                .map_err(|_| format!("{value:?} is not a non-negative integer"))
-        };
-        let duration = || -> Result<(), String> {
-            parse_go_duration(value)
-                .map(|_| ())
-                .ok_or_else(|| format!("{value:?} is not a duration (e.g. \"30s\", \"1m30s\")"))
-        };
-        let result = match short {
-            "class" => match value.as_str() {
-                "kpa.autoscaling.knative.dev" => Ok(()),
-                _ => Err(format!(
-                    "{value:?} is not supported; expected \"kpa.autoscaling.knative.dev\""
-                )),
-            },
-            "metric" => match value.as_str() {
-                "concurrency" | "rps" => Ok(()),
-                _ => Err(format!(
-                    "{value:?} is not supported; expected \"concurrency\" or \"rps\""
-                )),
-            },
-            "target" | "target-burst-capacity" => {
-                if short == "target-burst-capacity" && value == "-1" {
-                    Ok(())
-                } else {
-                    number(0.01)
-                }
-            }
-            "target-utilization-percentage" => {
-                number(1.0).and_then(|()| match value.parse::<f64>() {
-                    Ok(v) if v <= 100.0 => Ok(()),
-                    _ => Err(format!("{value:?} must be at most 100")),
-                })
-            }
-            "panic-window-percentage" => number(1.0),
-            "panic-threshold-percentage" => number(110.0),
-            "min-scale" | "minScale" | "max-scale" | "maxScale" | "initial-scale"
-            | "initialScale" | "activation-scale" => integer(),
-            "window" | "scale-down-delay" | "scale-to-zero-pod-retention-period" => duration(),
-            _ => Err(format!("unknown autoscaling annotation {key:?}")),
-        };
-        if let Err(e) = result {
-            errs.push(p, e);
-        }
+    let pairs = annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    for e in autoscaler::config::validate_annotations(pairs, autoscaler) {
+        errs.push(format!("{path}.{AUTOSCALING_PREFIX}{}", e.key), e.message);
     }
-    let get = |k: &str| annotations.get(&format!("{AUTOSCALING_PREFIX}{k}"));
-    let min = get("min-scale")
-        .or_else(|| get("minScale"))
-        .and_then(|v| v.parse::<u32>().ok());
-    let max = get("max-scale")
-        .or_else(|| get("maxScale"))
-        .and_then(|v| v.parse::<u32>().ok());
-    if let (Some(min), Some(max)) = (min, max) {
-        if max != 0 && min > max {
-            errs.push(
-                format!("{path}.{AUTOSCALING_PREFIX}min-scale"),
-                format!("min-scale {min} is greater than max-scale {max}"),
-            );
-        }
-    }
-}
-
-/// Go's `time.ParseDuration` subset Knative annotations use: a sequence
-/// of `<number><unit>` with units h, m, s, ms (e.g. `1m30s`, `500ms`).
-pub fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
-    if s == "0" {
-        return Some(std::time::Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest.get(..num_len)?.parse().ok()?;
-        rest = rest.get(num_len..)?;
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match rest.get(..unit_len)? {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            _ => return None,
-        };
-        rest = rest.get(unit_len..)?;
-        total += value * factor;
-    }
-    std::time::Duration::try_from_secs_f64(total).ok()
 }
 
 /// Knative's traffic rules: each entry names a revision or floats on the

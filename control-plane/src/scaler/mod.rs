@@ -162,6 +162,23 @@ pub trait Scaler: Send + Sync {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
+/// The mesh side of instances: where their sidecars take the outbound
+/// (Envoy/Istio-style) config from. The control plane's xDS server serves
+/// each registered sidecar node an outbound listener on its loopback port,
+/// routing to every revision (and activating one at zero); a scaler
+/// registers a sidecar before starting it and unregisters it once gone.
+pub trait Mesh: Send + Sync + std::fmt::Debug {
+    /// The ADS server sidecars connect to (`http://host:port`).
+    fn xds_address(&self) -> &str;
+    /// The node cluster sidecars present.
+    fn node_cluster(&self) -> &str;
+    /// The sidecar with node id `node` listens for its app's outbound calls
+    /// on `outbound`.
+    fn register(&self, node: &str, outbound: SocketAddr);
+    /// The sidecar `node` is gone.
+    fn unregister(&self, node: &str);
+}
+
 /// Which scaler `ferry-control serve` runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScalerKind {

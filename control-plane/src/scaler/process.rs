@@ -7,7 +7,11 @@
 //! - its sidecar: `ferry-proxy` in the inbound queue-proxy role, from a
 //!   generated static config (one listener on another free loopback port,
 //!   one cluster → `127.0.0.1:$PORT` with a `queue:` block), reporting load
-//!   to the control plane with `--report-to`.
+//!   to the control plane with `--report-to`; with a [`Mesh`], also in the
+//!   outbound role: its bootstrap points at the control plane's xDS (node
+//!   id = the instance, node cluster = the mesh's), which serves it an
+//!   outbound listener on a third loopback port, given to the app as
+//!   `FERRY_OUTBOUND=http://127.0.0.1:PORT`.
 //!
 //! The instance's endpoint is the *sidecar's* listener; it is listed as
 //! ready once the sidecar's admin `/ready` answers 200, which the sidecar
@@ -39,13 +43,19 @@ use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use super::{BoxFuture, Instance, RevisionKey, Scaler, ScalerError, ScalerEvent, Workload};
+use super::{BoxFuture, Instance, Mesh, RevisionKey, Scaler, ScalerError, ScalerEvent, Workload};
 
-/// Probe interval until an instance is ready (Knative's aggressive
-/// probing), and once it is.
+/// Until an instance is ready its sidecar's `/ready?wait=` is long-polled
+/// (answered the moment it is ready), this long at a time; a sidecar that
+/// answers sooner without being ready (one without `wait`, or still
+/// binding its admin port) is asked again after `PROBE_FAST` (Knative's
+/// aggressive interval), or `PROBE_CONNECT` while its admin port is not
+/// bound yet. Once ready, it is checked every `PROBE_SLOW`.
+const READY_WAIT: Duration = Duration::from_secs(2);
 const PROBE_FAST: Duration = Duration::from_millis(50);
+const PROBE_CONNECT: Duration = Duration::from_millis(2);
 const PROBE_SLOW: Duration = Duration::from_secs(1);
-/// One probe's limit.
+/// One probe's limit (beyond the long-poll's own wait).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Restart backoff: 200 ms doubling per crash in a row, capped.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -76,6 +86,8 @@ pub struct ProcessScalerConfig {
     /// How long a stopping instance keeps serving after it left the
     /// endpoints, so every proxy has the EDS update before it drains.
     pub deregister_delay: Duration,
+    /// Where sidecars take their outbound role from; `None`: inbound only.
+    pub mesh: Option<Arc<dyn Mesh>>,
 }
 
 impl ProcessScalerConfig {
@@ -97,6 +109,7 @@ impl ProcessScalerConfig {
             grace: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             deregister_delay: Duration::from_millis(500),
+            mesh: None,
         }
     }
 }
@@ -468,6 +481,18 @@ struct Running {
     pids: PathBuf,
 }
 
+impl Running {
+    /// Frees what the instance held once both processes are gone: its
+    /// ports, its pid record, its sidecar's registration in the mesh.
+    async fn release(&self, inner: &Inner, name: &str) {
+        inner.release_ports(&self.ports);
+        let _ = tokio::fs::remove_file(&self.pids).await;
+        if let Some(mesh) = &inner.cfg.mesh {
+            mesh.unregister(name);
+        }
+    }
+}
+
 /// Why an instance could not start.
 struct StartError {
     reason: &'static str,
@@ -526,28 +551,18 @@ async fn supervise(
         });
         let started = Instant::now();
         let mut ready = false;
-        let mut app_seen = false;
+        let mut probe: BoxFuture<'static, bool> = Box::pin(until_ready(run.admin, run.app_addr));
         let crashed: (&'static str, std::io::Result<ExitStatus>) = loop {
-            let interval = if ready { PROBE_SLOW } else { PROBE_FAST };
             tokio::select! {
                 _ = stopped(&mut stop) => {
                     set_status(SlotStatus { endpoint: None, ready: false });
                     stop_instance(&inner, &name, &mut run).await;
-                    inner.release_ports(&run.ports);
-                    let _ = tokio::fs::remove_file(&run.pids).await;
+                    run.release(&inner, &name).await;
                     return;
                 }
                 st = run.app.wait() => break ("app", st),
                 st = run.sidecar.wait() => break ("sidecar", st),
-                _ = tokio::time::sleep(interval) => {
-                    // The sidecar's /ready is the gate; until the app has
-                    // been seen listening once, its port is checked too, so
-                    // an endpoint never joins before the app can answer even
-                    // if the sidecar's probe is lenient.
-                    if !app_seen {
-                        app_seen = tcp_connects(run.app_addr).await;
-                    }
-                    let now_ready = app_seen && sidecar_ready(run.admin).await;
+                now_ready = &mut probe => {
                     if now_ready != ready {
                         ready = now_ready;
                         if ready {
@@ -563,6 +578,11 @@ async fn supervise(
                         }
                         set_status(SlotStatus { endpoint: Some(run.endpoint), ready });
                     }
+                    probe = if ready {
+                        Box::pin(still_ready(run.admin))
+                    } else {
+                        Box::pin(until_ready(run.admin, run.app_addr))
+                    };
                 }
             }
         };
@@ -572,8 +592,7 @@ async fn supervise(
         let _ = run.sidecar.start_kill();
         let _ = run.app.wait().await;
         let _ = run.sidecar.wait().await;
-        inner.release_ports(&run.ports);
-        let _ = tokio::fs::remove_file(&run.pids).await;
+        run.release(&inner, &name).await;
         let (which, exit) = crashed;
         let reason = match &exit {
             Ok(s) => match s.code() {
@@ -633,15 +652,32 @@ async fn start_instance(inner: &Inner, w: &Workload, name: &str) -> Result<Runni
             message: "the container has no command".to_string(),
         });
     };
-    let ports = inner.reserve_ports(3).map_err(io("NoPort"))?;
+    let mesh = inner.cfg.mesh.as_deref();
+    // app, inbound listener, admin, and with a mesh the outbound listener.
+    let ports = inner
+        .reserve_ports(if mesh.is_some() { 4 } else { 3 })
+        .map_err(io("NoPort"))?;
     let [app_port, listen_port, admin_port] = [ports[0], ports[1], ports[2]];
     let loopback = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+    let outbound = ports.get(3).map(|p| loopback(*p));
     let dir = inner.instances_dir();
     let config_path = dir.join(format!("{name}.proxy.json"));
     let app_log = dir.join(format!("{name}.log"));
     let proxy_log = dir.join(format!("{name}.proxy.log"));
+    let mut registered = false;
     let result = async {
-        let config = sidecar_config(w, loopback(listen_port), loopback(admin_port), app_port);
+        let xds = mesh.map(|m| SidecarXds {
+            server: m.xds_address(),
+            node_id: name,
+            node_cluster: m.node_cluster(),
+        });
+        let config = sidecar_config(
+            w,
+            loopback(listen_port),
+            loopback(admin_port),
+            app_port,
+            xds.as_ref(),
+        );
         tokio::fs::write(&config_path, config)
             .await
             .map_err(io("ConfigWrite"))?;
@@ -660,14 +696,25 @@ async fn start_instance(inner: &Inner, w: &Workload, name: &str) -> Result<Runni
             .stderr(log_file(&app_log).map_err(io("LogOpen"))?)
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(o) = outbound {
+            app.env("FERRY_OUTBOUND", format!("http://{o}"));
+        }
         if let Some(d) = &w.working_dir {
             app.current_dir(d);
         }
+        // The spawn time, first line of the app's log: cold-start overhead
+        // is measured against the app's own start (bench/coldstart.sh).
+        note_spawn(&app_log, name).await;
         let app = app.spawn().map_err(|e| StartError {
             reason: "ExecFailed",
             message: format!("starting {}: {e}", resolved.display()),
         })?;
 
+        // The sidecar's snapshot is in place before it asks for it.
+        if let (Some(m), Some(o)) = (mesh, outbound) {
+            m.register(name, o);
+            registered = true;
+        }
         let mut sidecar = Command::new(&inner.cfg.proxy_bin);
         sidecar
             .arg("--config")
@@ -711,8 +758,28 @@ async fn start_instance(inner: &Inner, w: &Workload, name: &str) -> Result<Runni
     .await;
     if result.is_err() {
         inner.release_ports(&ports);
+        if let (Some(m), true) = (mesh, registered) {
+            m.unregister(name);
+        }
     }
     result
+}
+
+/// Appends `ferry-control: spawning NAME at unix_us=T` to the app's log.
+/// Best effort: only the cold-start bench reads it.
+async fn note_spawn(app_log: &Path, name: &str) {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let line = format!("ferry-control: spawning {name} at unix_us={us}\n");
+    if let Ok(mut f) = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(app_log)
+        .await
+    {
+        let _ = f.write_all(line.as_bytes()).await;
+    }
 }
 
 fn log_file(path: &Path) -> std::io::Result<std::fs::File> {
@@ -792,13 +859,25 @@ fn resolve_command(program: &str, bin_dir: Option<&Path>) -> PathBuf {
     PathBuf::from(program)
 }
 
-/// The sidecar's static config (JSON, which the proxy's YAML loader
-/// reads): inbound listener → the local app, in the queue-proxy role.
+/// The outbound role's part of a sidecar's bootstrap.
+#[derive(Clone, Copy, Debug)]
+pub struct SidecarXds<'a> {
+    /// The control plane's ADS address (`http://host:port`).
+    pub server: &'a str,
+    /// The instance's name.
+    pub node_id: &'a str,
+    pub node_cluster: &'a str,
+}
+
+/// The sidecar's bootstrap (JSON, which the proxy's YAML loader reads):
+/// the static inbound listener → the local app, in the queue-proxy role;
+/// with `xds`, the control plane's ADS too, for the outbound role.
 pub fn sidecar_config(
     w: &Workload,
     listen: SocketAddr,
     admin: SocketAddr,
     app_port: u16,
+    xds: Option<&SidecarXds<'_>>,
 ) -> String {
     let timeout = format!("{}s", w.timeout.as_secs());
     let mut queue = serde_json::json!({
@@ -810,7 +889,7 @@ pub fn sidecar_config(
     if let Some(path) = &w.readiness_path {
         queue["readiness_probe"] = serde_json::json!({ "path": path });
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "admin": { "address": admin.to_string() },
         "listeners": [{
             "name": "inbound",
@@ -834,6 +913,13 @@ pub fn sidecar_config(
             "queue": queue,
         }],
     });
+    if let Some(x) = xds {
+        config["xds"] = serde_json::json!({
+            "server": x.server,
+            "node_id": x.node_id,
+            "node_cluster": x.node_cluster,
+        });
+    }
     // Serializing a json! value cannot fail.
     serde_json::to_string_pretty(&config).unwrap_or_default()
 }
@@ -876,6 +962,31 @@ async fn terminate(child: &mut Child, grace: Duration) {
     }
 }
 
+/// Resolves (true) once the sidecar says the instance is ready and the
+/// app's port accepts connections, which the scaler checks itself so an
+/// endpoint never joins before the app can answer even if the sidecar's
+/// probe is lenient.
+async fn until_ready(admin: SocketAddr, app: SocketAddr) -> bool {
+    loop {
+        let asked = tokio::time::Instant::now();
+        match sidecar_ready_within(admin, READY_WAIT).await {
+            Probe::Ready if tcp_connects(app).await => return true,
+            Probe::NoAdmin => tokio::time::sleep(PROBE_CONNECT).await,
+            // A wait that ended early did not wait: do not spin.
+            _ => tokio::time::sleep_until(asked + PROBE_FAST).await,
+        }
+    }
+}
+
+/// The periodic check of a ready instance: whether it still is.
+async fn still_ready(admin: SocketAddr) -> bool {
+    tokio::time::sleep(PROBE_SLOW).await;
+    matches!(
+        sidecar_ready_within(admin, Duration::ZERO).await,
+        Probe::Ready
+    )
+}
+
 async fn tcp_connects(addr: SocketAddr) -> bool {
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(addr)).await,
@@ -883,12 +994,27 @@ async fn tcp_connects(addr: SocketAddr) -> bool {
     )
 }
 
-/// `GET /ready` on the sidecar's admin server answers 200.
-async fn sidecar_ready(admin: SocketAddr) -> bool {
+/// What the sidecar's admin said.
+enum Probe {
+    Ready,
+    NotReady,
+    /// Nothing listens on the admin port (yet).
+    NoAdmin,
+}
+
+/// `GET /ready?wait=WAIT` on the sidecar's admin server: 200 as soon as it
+/// is ready within `wait` (a long-poll; `wait` 0 asks once).
+async fn sidecar_ready_within(admin: SocketAddr, wait: Duration) -> Probe {
+    let Ok(Ok(mut s)) = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(admin)).await
+    else {
+        return Probe::NoAdmin;
+    };
     let probe = async {
-        let mut s = TcpStream::connect(admin).await?;
-        s.write_all(b"GET /ready HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n")
-            .await?;
+        let req = format!(
+            "GET /ready?wait={}ms HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n",
+            wait.as_millis()
+        );
+        s.write_all(req.as_bytes()).await?;
         let mut buf = [0u8; 32];
         let mut n = 0;
         while n < 12 {
@@ -900,10 +1026,10 @@ async fn sidecar_ready(admin: SocketAddr) -> bool {
         }
         Ok::<bool, std::io::Error>(buf[..n].starts_with(b"HTTP/1.1 200"))
     };
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
-        Ok(Ok(true))
-    )
+    match tokio::time::timeout(wait + PROBE_TIMEOUT, probe).await {
+        Ok(Ok(true)) => Probe::Ready,
+        _ => Probe::NotReady,
+    }
 }
 
 /// The last lines of a log, joined with " | " (empty if unreadable).
@@ -945,6 +1071,7 @@ mod tests {
             "127.0.0.1:2000".parse().unwrap_or_else(|_| unreachable!()),
             "127.0.0.1:2001".parse().unwrap_or_else(|_| unreachable!()),
             2002,
+            None,
         );
         let v: serde_json::Value = serde_json::from_str(&cfg).unwrap_or_default();
         assert_eq!(v["listeners"][0]["address"], "127.0.0.1:2000");
@@ -958,6 +1085,31 @@ mod tests {
             v["routes"][0]["virtual_hosts"][0]["routes"][0]["route"]["timeout"],
             "30s"
         );
+        assert!(v.get("xds").is_none(), "inbound only without a mesh");
+    }
+
+    /// With a mesh, the bootstrap keeps its static inbound side and adds
+    /// the control plane's ADS with the instance as its node.
+    #[test]
+    fn sidecar_config_with_a_mesh_points_at_xds() {
+        let xds = SidecarXds {
+            server: "http://127.0.0.1:18000",
+            node_id: "hello-v1-7",
+            node_cluster: "ferry-sidecar",
+        };
+        let cfg = sidecar_config(
+            &workload(),
+            "127.0.0.1:2000".parse().unwrap_or_else(|_| unreachable!()),
+            "127.0.0.1:2001".parse().unwrap_or_else(|_| unreachable!()),
+            2002,
+            Some(&xds),
+        );
+        let v: serde_json::Value = serde_json::from_str(&cfg).unwrap_or_default();
+        assert_eq!(v["listeners"][0]["name"], "inbound");
+        assert_eq!(v["clusters"][0]["queue"]["revision"], "hello-v1");
+        assert_eq!(v["xds"]["server"], "http://127.0.0.1:18000");
+        assert_eq!(v["xds"]["node_id"], "hello-v1-7");
+        assert_eq!(v["xds"]["node_cluster"], "ferry-sidecar");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
 use super::{Change, ObjectKey, Op, Precondition, Runtime, Store, StoreError, StoredObject};
+use crate::autoscaler::GlobalConfig;
 use crate::model::eventing::EventingObject;
 use crate::model::manifest;
 use crate::model::meta;
@@ -92,6 +93,9 @@ pub struct Serving {
     store: Arc<dyn Store>,
     runtime: Arc<Runtime>,
     domain: String,
+    /// The cluster's autoscaler settings, which a template's autoscaling
+    /// annotations are validated against.
+    autoscaler: GlobalConfig,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(o: &StoredObject) -> Result<T, ServingError> {
@@ -119,11 +123,24 @@ impl Serving {
             store,
             runtime,
             domain: domain.into(),
+            autoscaler: GlobalConfig::default(),
         }
+    }
+
+    /// Validates autoscaling annotations against these cluster settings
+    /// (Knative's `config-autoscaler`) instead of Knative's defaults.
+    pub fn with_autoscaler(mut self, autoscaler: GlobalConfig) -> Serving {
+        self.autoscaler = autoscaler;
+        self
     }
 
     pub fn domain(&self) -> &str {
         &self.domain
+    }
+
+    /// The cluster's autoscaler settings.
+    pub fn autoscaler(&self) -> &GlobalConfig {
+        &self.autoscaler
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -225,7 +242,7 @@ impl Serving {
         }
         let name = input.metadata.name.clone();
         // Invalid input is reported before anything is read.
-        input.validate()?;
+        input.validate_with(&self.autoscaler)?;
         let commits = self.store.version();
         for _ in 0..MAX_ATTEMPTS {
             let svc_key = ObjectKey::new(Kind::Service, &ns, &name);
@@ -258,8 +275,12 @@ impl Serving {
                 route: route_obj.as_ref().map(decode).transpose()?,
                 revisions: rev_objs.iter().map(decode).collect::<Result<_, _>>()?,
             };
-            let plan =
-                reconcile::plan_service_apply(input.clone(), &existing, &meta::now_rfc3339())?;
+            let plan = reconcile::plan_service_apply(
+                input.clone(),
+                &existing,
+                &self.autoscaler,
+                &meta::now_rfc3339(),
+            )?;
             if plan.outcome == Outcome::Unchanged {
                 let object = self.get(Kind::Service, &ns, &name).await?;
                 return Ok(Applied {
@@ -340,6 +361,9 @@ impl Serving {
                     )));
                 }
             }
+            if kind == Kind::Trigger {
+                self.check_trigger_broker(&obj).await?;
+            }
             let mut new = obj.clone();
             new.metadata.resource_version = None;
             let outcome = match &old {
@@ -398,6 +422,21 @@ impl Serving {
         Err(ServingError::Conflict(format!(
             "{key} kept changing while it was applied; retry"
         )))
+    }
+
+    /// A Trigger's `spec.broker` must name a stored Broker of its namespace.
+    async fn check_trigger_broker(&self, t: &EventingObject) -> Result<(), ServingError> {
+        let ns = &t.metadata.namespace;
+        let broker = t.spec.get("broker").and_then(Value::as_str).unwrap_or("");
+        let key = ObjectKey::new(Kind::Broker, ns, broker);
+        if self.store.get(&key).await?.is_none() {
+            return Err(FieldErrors::from(FieldError::new(
+                "spec.broker",
+                format!("no broker {broker:?} in namespace {ns:?}; apply the Broker first"),
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Replaces the status of a Broker or Trigger (the eventing engine's

@@ -14,7 +14,10 @@
 //!   every protocol rule is tested without a socket.
 //! - [`NodeRegistry`]: the record of every node (streams, per-type versions
 //!   sent and ACKed, last NACK), fed by those events, read by the REST API
-//!   and the metrics.
+//!   and the metrics. A node that disconnects stays listed, marked
+//!   disconnected, for [`Retention::keep`] (so its last NACK can still be
+//!   read), then is dropped; at most [`Retention::max_disconnected`] such
+//!   records are kept, the oldest dropped first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::metrics::XdsMetrics;
 use super::{Mode, NodeKey, ResourceType};
+use crate::clock::{Clock, SystemClock};
 
 mod delta;
 mod sotw;
@@ -128,10 +132,36 @@ pub struct Step<R> {
     pub events: Vec<Event>,
 }
 
-/// Every node that ever opened a stream, with its latest state.
+/// Every connected node, and the recently disconnected ones, with their
+/// latest state.
 pub struct NodeRegistry {
     nodes: Mutex<BTreeMap<NodeKey, NodeRecord>>,
     metrics: XdsMetrics,
+    clock: Arc<dyn Clock>,
+    retention: Retention,
+}
+
+/// How long, and how many, disconnected nodes stay in the registry. A
+/// control plane serving a churning fleet (pods come and go, each a new
+/// node id) would otherwise grow its registry, and every `GET
+/// /v1/xds/nodes`, without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// A disconnected node is dropped this long after its last stream
+    /// closed (unless it reconnects first).
+    pub keep: Duration,
+    /// At most this many disconnected nodes are kept; beyond it the ones
+    /// disconnected longest ago go first.
+    pub max_disconnected: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep: Duration::from_secs(600),
+            max_disconnected: 1000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -141,6 +171,8 @@ struct NodeRecord {
     types: [TypeRecord; 4],
     last_nack: Option<NackRecord>,
     last_seen_unix_ms: u64,
+    /// When the last stream closed (registry clock); None while connected.
+    disconnected_at: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -172,6 +204,9 @@ pub struct NodeView {
     pub id: String,
     pub cluster: String,
     pub mode: Option<&'static str>,
+    /// False for a node whose streams all closed (kept for a while, see
+    /// [`Retention`]).
+    pub connected: bool,
     pub connected_streams: u32,
     pub last_seen_unix_ms: u64,
     pub last_nack: Option<NackRecord>,
@@ -411,10 +446,21 @@ impl Subscription {
 // === impl NodeRegistry ===
 
 impl NodeRegistry {
+    /// A registry on the system clock with the default [`Retention`].
     pub fn new(metrics: XdsMetrics) -> NodeRegistry {
+        NodeRegistry::with_clock(metrics, Arc::new(SystemClock::new()), Retention::default())
+    }
+
+    pub fn with_clock(
+        metrics: XdsMetrics,
+        clock: Arc<dyn Clock>,
+        retention: Retention,
+    ) -> NodeRegistry {
         NodeRegistry {
             nodes: Mutex::new(BTreeMap::new()),
             metrics,
+            clock,
+            retention,
         }
     }
 
@@ -426,6 +472,8 @@ impl NodeRegistry {
             rec.streams += 1;
             rec.mode = Some(mode);
             rec.last_seen_unix_ms = unix_ms();
+            rec.disconnected_at = None;
+            self.prune(&mut nodes);
         }
         self.metrics.stream_opened(mode);
         tracing::info!(node = %node, %mode, "xDS stream opened");
@@ -446,6 +494,10 @@ impl NodeRegistry {
         let mut nodes = lock(&self.nodes);
         let rec = nodes.entry(node.clone()).or_default();
         rec.last_seen_unix_ms = now;
+        if rec.streams == 0 && rec.disconnected_at.is_none() {
+            // Events of a stream already counted out: age it like one.
+            rec.disconnected_at = Some(self.clock.now());
+        }
         for ev in events {
             match ev {
                 Event::Sent {
@@ -516,22 +568,53 @@ impl NodeRegistry {
             if let Some(rec) = nodes.get_mut(node) {
                 rec.streams = rec.streams.saturating_sub(1);
                 rec.last_seen_unix_ms = unix_ms();
+                if rec.streams == 0 {
+                    rec.disconnected_at = Some(self.clock.now());
+                }
             }
+            self.prune(&mut nodes);
         }
         self.metrics.stream_closed(mode);
         tracing::info!(node = %node, %mode, "xDS stream closed");
     }
 
+    /// Drops the disconnected nodes past [`Retention`]: those
+    /// disconnected longer than `keep`, then the oldest beyond
+    /// `max_disconnected`. Runs on every connect, disconnect and listing,
+    /// so the registry stays bounded without a task of its own.
+    fn prune(&self, nodes: &mut BTreeMap<NodeKey, NodeRecord>) {
+        let now = self.clock.now();
+        let keep = self.retention.keep;
+        nodes.retain(|_, rec| {
+            rec.disconnected_at
+                .is_none_or(|at| now.saturating_sub(at) < keep)
+        });
+        let mut gone: Vec<(Duration, NodeKey)> = nodes
+            .iter()
+            .filter_map(|(k, rec)| Some((rec.disconnected_at?, k.clone())))
+            .collect();
+        if gone.len() > self.retention.max_disconnected {
+            gone.sort();
+            let excess = gone.len() - self.retention.max_disconnected;
+            for (_, k) in gone.into_iter().take(excess) {
+                nodes.remove(&k);
+            }
+        }
+    }
+
     /// Every node, sorted by cluster then id. Disconnected nodes stay
-    /// listed (with 0 streams) so their last NACK can still be read.
+    /// listed for a while (`connected: false`, 0 streams) so their last
+    /// NACK can still be read; see [`Retention`].
     pub fn nodes(&self) -> Vec<NodeView> {
-        let nodes = lock(&self.nodes);
+        let mut nodes = lock(&self.nodes);
+        self.prune(&mut nodes);
         let mut out: Vec<NodeView> = nodes
             .iter()
             .map(|(k, rec)| NodeView {
                 id: k.id.to_string(),
                 cluster: k.cluster.to_string(),
                 mode: rec.mode.map(Mode::as_str),
+                connected: rec.streams > 0,
                 connected_streams: rec.streams,
                 last_seen_unix_ms: rec.last_seen_unix_ms,
                 last_nack: rec.last_nack.clone(),

@@ -28,7 +28,7 @@ pub mod serving;
 pub mod snapshot_file;
 pub mod translate;
 
-pub use cache::{NodeRegistry, Resources, SnapshotCache};
+pub use cache::{NodeRegistry, Resources, Retention, SnapshotCache};
 pub use metrics::XdsMetrics;
 pub use server::AdsServer;
 pub use snapshot_file::{SnapshotError, SnapshotFile};

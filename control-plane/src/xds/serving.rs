@@ -15,6 +15,13 @@
 //! [`super::translate`], so both modes share one translation and its
 //! conventions (ADS config sources, explicit proto3 defaults).
 //!
+//! Nodes of cluster [`SIDECAR_NODE_CLUSTER`] (every instance's sidecar) get
+//! the same revision clusters and virtual hosts, under route configuration
+//! `ferry-outbound`, plus their own Listener `ferry-outbound` on the
+//! loopback port their app calls out through ([`Sidecars`] pins each one's
+//! snapshot before the sidecar starts); every other node gets the
+//! gateway's.
+//!
 //! Every revision cluster also carries the proxy's activator role in its
 //! `metadata.filter_metadata["ferry"]` (`activation: true`, `revision`,
 //! `namespace`, `hold_timeout` = the revision's `timeoutSeconds`, as
@@ -24,24 +31,33 @@
 //! (docs/config.md, "Activator role").
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Any, Struct, Value};
 use prost::{Message, Name};
+use tokio::sync::watch;
 
-use super::cache::Resources;
+use super::cache::{Resources, SnapshotCache};
 use super::snapshot_file::{
     ClusterSpec, DurationSpec, EndpointSpec, LbPolicySpec, ListenerSpec, RouteConfigSpec,
     RouteSpec, SnapshotFile, VirtualHostSpec, WeightedClusterSpec,
 };
 use super::translate;
-use super::ResourceType;
+use super::{NodeKey, ResourceType};
 use crate::model::serving::{self, Revision};
-use crate::store::ServingSnapshot;
+use crate::scaler::Mesh;
+use crate::store::{Serving, ServingError, ServingSnapshot};
 
 /// Name of the gateway's Listener and RouteConfiguration.
 pub const GATEWAY: &str = "ferry-gateway";
+/// Name of a sidecar's outbound Listener and RouteConfiguration.
+pub const OUTBOUND: &str = "ferry-outbound";
+/// The node cluster (`--node-cluster`, the bootstrap's `node_cluster`)
+/// of every instance's sidecar: such nodes get the sidecar snapshot.
+pub const SIDECAR_NODE_CLUSTER: &str = "ferry-sidecar";
 
 /// Where the gateway listens and which domain hosts are under.
 #[derive(Clone, Debug)]
@@ -62,6 +78,32 @@ pub fn gateway_resources(
     snap: &ServingSnapshot,
     endpoints: &BTreeMap<(String, String), Vec<SocketAddr>>,
 ) -> Resources {
+    serving_resources(gw, snap, endpoints).gateway
+}
+
+/// The model's resources for both kinds of node.
+pub struct ServingResources {
+    /// Every node but sidecars: the gateway's listener, routes and the
+    /// revision clusters.
+    pub gateway: Resources,
+    /// What every sidecar shares; each adds its own outbound listener.
+    pub sidecar: Arc<SidecarBase>,
+}
+
+/// The sidecars' common resources: every revision cluster with its
+/// endpoints, and route configuration `ferry-outbound` holding the
+/// gateway's virtual hosts (the same hosts, splits and tags).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SidecarBase {
+    items: Vec<(ResourceType, String, Any)>,
+}
+
+/// The gateway's and the sidecars' resources for `snap`, translated once.
+pub fn serving_resources(
+    gw: &GatewayConfig,
+    snap: &ServingSnapshot,
+    endpoints: &BTreeMap<(String, String), Vec<SocketAddr>>,
+) -> ServingResources {
     let file = gateway_snapshot(gw, snap, endpoints);
     if let Err(errors) = file.validate() {
         // A bug, not bad input: the model was validated on apply. Logged
@@ -72,34 +114,234 @@ pub fn gateway_resources(
     }
     // The shared translation, except that revision clusters get the
     // activator metadata (the static-snapshot schema has no metadata).
-    let mut out = Vec::new();
+    let mut shared = Vec::new();
     for c in &file.clusters {
         let mut cluster = pack(translate::cluster(c));
         if let Some(rev) = revision_of_cluster(snap, &c.name) {
             append_metadata(&mut cluster.value, &activation_fields(rev));
         }
-        out.push((ResourceType::Cluster, c.name.clone(), cluster));
-        out.push((
+        shared.push((ResourceType::Cluster, c.name.clone(), cluster));
+        shared.push((
             ResourceType::Endpoint,
             c.name.clone(),
             pack(translate::load_assignment(c)),
         ));
     }
+    let mut sidecar = shared.clone();
+    for r in &file.routes {
+        let outbound = RouteConfigSpec {
+            name: OUTBOUND.to_string(),
+            virtual_hosts: r.virtual_hosts.clone(),
+        };
+        sidecar.push((
+            ResourceType::Route,
+            OUTBOUND.to_string(),
+            pack(translate::route_config(&outbound)),
+        ));
+    }
+    let mut gateway = shared;
     for l in &file.listeners {
-        out.push((
+        gateway.push((
             ResourceType::Listener,
             l.name.clone(),
             pack(translate::listener(l)),
         ));
     }
     for r in &file.routes {
-        out.push((
+        gateway.push((
             ResourceType::Route,
             r.name.clone(),
             pack(translate::route_config(r)),
         ));
     }
-    Resources::from_resources(out)
+    ServingResources {
+        gateway: Resources::from_resources(gateway),
+        sidecar: Arc::new(SidecarBase { items: sidecar }),
+    }
+}
+
+/// One sidecar's resources: the common ones plus its outbound Listener on
+/// `outbound`, whose routes are the mesh's.
+pub fn sidecar_resources(base: &SidecarBase, outbound: SocketAddr) -> Resources {
+    let listener = ListenerSpec {
+        name: OUTBOUND.to_string(),
+        address: outbound.ip().to_string(),
+        port: outbound.port(),
+        route_config: OUTBOUND.to_string(),
+        stat_prefix: Some("outbound".to_string()),
+    };
+    let mut items = base.items.clone();
+    items.push((
+        ResourceType::Listener,
+        OUTBOUND.to_string(),
+        pack(translate::listener(&listener)),
+    ));
+    Resources::from_resources(items)
+}
+
+/// The xDS node of an instance's sidecar.
+pub fn sidecar_node(id: &str) -> NodeKey {
+    NodeKey::new(id, SIDECAR_NODE_CLUSTER)
+}
+
+/// Every running sidecar's snapshot in the cache: the latest
+/// [`SidecarBase`] plus the node's own outbound listener. The process
+/// scaler registers a sidecar (through [`Mesh`]) before starting it, so
+/// its first request already finds its snapshot, never the gateway's.
+pub struct Sidecars {
+    cache: Arc<SnapshotCache>,
+    xds_address: String,
+    state: Mutex<SidecarState>,
+}
+
+struct SidecarState {
+    base: Arc<SidecarBase>,
+    /// Node id → outbound listener address.
+    outbound: BTreeMap<String, SocketAddr>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a few assignments and cache calls; the
+    // state behind a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sidecars {
+    /// `xds_address` is what sidecars connect to (`http://host:port`).
+    pub fn new(cache: Arc<SnapshotCache>, xds_address: String, base: Arc<SidecarBase>) -> Self {
+        Sidecars {
+            cache,
+            xds_address,
+            state: Mutex::new(SidecarState {
+                base,
+                outbound: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// The model changed: every sidecar gets the new common resources
+    /// (nothing is pushed when they are the same).
+    pub fn set_base(&self, base: Arc<SidecarBase>) {
+        let mut st = lock(&self.state);
+        if *st.base == *base {
+            return;
+        }
+        st.base = base;
+        for (node, outbound) in &st.outbound {
+            self.cache.set_node(
+                &sidecar_node(node),
+                Arc::new(sidecar_resources(&st.base, *outbound)),
+            );
+        }
+    }
+
+    /// The sidecars registered now, with their outbound addresses.
+    pub fn registered(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.state)
+            .outbound
+            .iter()
+            .map(|(n, a)| (n.clone(), *a))
+            .collect()
+    }
+}
+
+impl Mesh for Sidecars {
+    fn xds_address(&self) -> &str {
+        &self.xds_address
+    }
+
+    fn node_cluster(&self) -> &str {
+        SIDECAR_NODE_CLUSTER
+    }
+
+    fn register(&self, node: &str, outbound: SocketAddr) {
+        let mut st = lock(&self.state);
+        st.outbound.insert(node.to_string(), outbound);
+        self.cache.set_node(
+            &sidecar_node(node),
+            Arc::new(sidecar_resources(&st.base, outbound)),
+        );
+    }
+
+    fn unregister(&self, node: &str) {
+        let mut st = lock(&self.state);
+        if st.outbound.remove(node).is_some() {
+            self.cache.clear_node(&sidecar_node(node));
+        }
+    }
+}
+
+impl fmt::Debug for Sidecars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sidecars")
+            .field("xds_address", &self.xds_address)
+            .field("registered", &lock(&self.state).outbound.len())
+            .finish()
+    }
+}
+
+/// The gateway's and the sidecars' resources for the model as stored now.
+pub async fn model_resources(
+    serving: &Serving,
+    gateway: &GatewayConfig,
+) -> Result<ServingResources, ServingError> {
+    let snap = serving.snapshot(None).await?;
+    let endpoints = serving.runtime().endpoints();
+    Ok(serving_resources(gateway, &snap, &endpoints))
+}
+
+/// Publishes the model's resources on every store or runtime change: the
+/// gateway's as the cache's default snapshot, and every registered
+/// sidecar's. The first change after a quiet spell goes out at once (an
+/// instance that just became ready has a held request waiting for it);
+/// the changes that follow within `min_interval` of a publication are
+/// coalesced into one at its end (an apply's commits, endpoints arriving
+/// together), translated from the state of that moment, so nothing is
+/// ever published stale. Returns when `shutdown` is set.
+pub async fn publish_model(
+    serving: Arc<Serving>,
+    gateway: GatewayConfig,
+    cache: Arc<SnapshotCache>,
+    sidecars: Option<Arc<Sidecars>>,
+    min_interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut store_version, mut runtime_version) = serving.watch();
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            r = store_version.changed() => if r.is_err() { return },
+            r = runtime_version.changed() => if r.is_err() { return },
+        }
+        if let Some(at) = last {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep_until(at + min_interval) => {}
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        // What is translated now includes every change so far.
+        store_version.borrow_and_update();
+        runtime_version.borrow_and_update();
+        match model_resources(&serving, &gateway).await {
+            Ok(resources) => {
+                if let Some(s) = &sidecars {
+                    s.set_base(resources.sidecar);
+                }
+                tracing::debug!(
+                    versions = %resources.gateway.versions_summary(),
+                    "publishing the model's resources"
+                );
+                cache.set_default(Arc::new(resources.gateway));
+            }
+            // The previous resources keep serving; the next change retries.
+            Err(e) => tracing::error!(error = %e, "translating the model failed"),
+        }
+        last = Some(tokio::time::Instant::now());
+    }
 }
 
 /// Key under `filter_metadata` that Ferry's proxies read.

@@ -9,12 +9,21 @@
 //!   "max_in_flight"}` (this process's own counters, `/stats` itself not
 //!   counted);
 //! - `GET /crash` exits with status 3 (restart tests);
+//! - `GET /call?host=HOST[&path=PATH]` calls `PATH` (default `/`) on
+//!   `HOST` through `$FERRY_OUTBOUND`, the sidecar's outbound listener the
+//!   process scaler gives every instance (`http://127.0.0.1:PORT`), and
+//!   answers with that answer's status and body, its `x-revision` as
+//!   `x-called-revision` (service-to-service calls through the mesh);
+//! - a request carrying a CloudEvent is answered with a reply event
+//!   (`cloudevent.rs`: the eventing demo's subscriber);
 //! - every answer carries `x-revision`, `x-instance` (the port) and
 //!   `x-in-flight` (requests in flight in this process when this one
 //!   arrived, itself included) and `x-max-in-flight`, so a client can
 //!   check per-instance concurrency without reaching instances directly;
 //! - `$STARTUP_DELAY_MS` delays binding the port (a slow-starting app, for
 //!   readiness and cold-start tests);
+//! - once listening it logs `... listening on ADDR at unix_us=T` (stderr),
+//!   its own start time for the cold-start bench;
 //! - SIGTERM or SIGINT: exits at once (its sidecar has drained already).
 
 use std::convert::Infallible;
@@ -32,6 +41,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+mod cloudevent;
+
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
@@ -44,6 +55,8 @@ struct App {
     message: String,
     port: u16,
     counters: Counters,
+    /// `$FERRY_OUTBOUND`: where `/call` sends requests.
+    outbound: Option<SocketAddr>,
 }
 
 /// Decrements the in-flight count however the request ends (answered or
@@ -93,10 +106,17 @@ async fn handle(
         eprintln!("ferry-hello: /crash requested, exiting with status 3");
         std::process::exit(3);
     }
+    if path == "/call" {
+        let query = req.uri().query().unwrap_or("");
+        return Ok(call(&app, query).await);
+    }
     c.requests.fetch_add(1, Ordering::AcqRel);
     let now = c.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
     let _guard = InFlight(&c.in_flight);
     c.max_in_flight.fetch_max(now, Ordering::AcqRel);
+    if cloudevent::is_event(&req) {
+        return Ok(cloudevent::echo(&app.revision, req).await);
+    }
     let sleep = req
         .uri()
         .query()
@@ -110,6 +130,78 @@ async fn handle(
     }
     let body = format!("{}\n", app.message);
     Ok(respond(&app, StatusCode::OK, body, now, "text/plain"))
+}
+
+/// `/call?host=HOST&path=PATH`: one GET through the sidecar's outbound
+/// listener, whose routes pick the revision by `Host` (and activate it if
+/// it is at zero).
+async fn call(app: &App, query: &str) -> Response<Full<Bytes>> {
+    let Some(outbound) = app.outbound else {
+        return respond(
+            app,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no FERRY_OUTBOUND: this instance has no outbound sidecar\n".into(),
+            0,
+            "text/plain",
+        );
+    };
+    let Some(host) = query_param(query, "host").filter(|h| !h.is_empty()) else {
+        return respond(
+            app,
+            StatusCode::BAD_REQUEST,
+            "usage: /call?host=HOST[&path=PATH]\n".into(),
+            0,
+            "text/plain",
+        );
+    };
+    let path = query_param(query, "path").unwrap_or("/");
+    match get(outbound, host, path).await {
+        Ok((status, revision, body)) => {
+            let mut r = respond(app, status, body, 0, "text/plain");
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&revision) {
+                r.headers_mut().insert("x-called-revision", v);
+            }
+            r
+        }
+        Err(e) => respond(
+            app,
+            StatusCode::BAD_GATEWAY,
+            format!("calling {host}{path} through {outbound}: {e}\n"),
+            0,
+            "text/plain",
+        ),
+    }
+}
+
+/// GET `path` with `Host: host` over one HTTP/1.1 connection to `addr`:
+/// the status, the answer's `x-revision` and its body.
+async fn get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<(StatusCode, String, String), Box<dyn std::error::Error + Send + Sync>> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(hyper::header::HOST, host)
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let revision = resp
+        .headers()
+        .get("x-revision")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((
+        status,
+        revision,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
 }
 
 fn respond(
@@ -177,12 +269,23 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    eprintln!("ferry-hello: {revision} listening on {addr}");
+    let listening_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    eprintln!("ferry-hello: {revision} listening on {addr} at unix_us={listening_us}");
+    let outbound = std::env::var("FERRY_OUTBOUND").ok().and_then(|u| {
+        u.strip_prefix("http://")
+            .unwrap_or(&u)
+            .trim_end_matches('/')
+            .parse::<SocketAddr>()
+            .ok()
+    });
     let app = Arc::new(App {
         revision,
         message,
         port,
         counters: Counters::default(),
+        outbound,
     });
 
     let stop = async {

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::active::Active;
 use crate::stats::STATS;
@@ -24,7 +26,12 @@ pub struct AdminState {
     pub active: Arc<ArcSwap<Active>>,
     /// Listeners bound and not draining.
     pub ready: AtomicBool,
+    /// Woken when `ready` or the active config changes (`/ready?wait=`).
+    pub changed: Notify,
 }
+
+/// The longest `/ready?wait=` holds a request.
+const READY_WAIT_MAX: Duration = Duration::from_secs(30);
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
@@ -44,7 +51,12 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(req, &state)) }
+                async move {
+                    if let Some(wait) = ready_wait(&req) {
+                        return Ok::<_, Infallible>(wait_ready(&state, wait).await);
+                    }
+                    Ok::<_, Infallible>(route(req, &state))
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -68,6 +80,51 @@ fn text(
         header::HeaderValue::from_static(content_type),
     );
     r
+}
+
+/// `GET /ready?wait=DURATION` (`500ms`, `2s`; at most 30 s): a long-poll
+/// that answers 200 the moment this proxy is ready, or 503 when the wait
+/// ends first, so a supervisor learns of readiness without probing on an
+/// interval.
+fn ready_wait(req: &Request<Incoming>) -> Option<Duration> {
+    if req.uri().path() != "/ready" || req.method() != Method::GET {
+        return None;
+    }
+    let value = req
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("wait="))?;
+    crate::config::duration::parse_duration(value)
+        .ok()
+        .map(|d| d.min(READY_WAIT_MAX))
+}
+
+fn is_ready(state: &AdminState) -> bool {
+    state.ready.load(Ordering::Acquire) && state.active.load().serving_ready()
+}
+
+async fn wait_ready(state: &AdminState, wait: Duration) -> Response<Full<Bytes>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before looking, so a change between the look and the
+        // wait is not missed.
+        let changed = state.changed.notified();
+        let app = crate::queue::readiness::changes().notified();
+        tokio::pin!(changed, app);
+        changed.as_mut().enable();
+        app.as_mut().enable();
+        if is_ready(state) {
+            return text(StatusCode::OK, "LIVE\n", "text/plain");
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = app => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY\n", "text/plain");
+            }
+        }
+    }
 }
 
 fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
@@ -116,7 +173,7 @@ fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         "/clusters" => clusters(&state.active.load(), json),
         "/" => text(
             StatusCode::OK,
-            "ferry-proxy admin: /ready /healthz /stats/prometheus /config_dump /clusters[?format=json]\n",
+            "ferry-proxy admin: /ready[?wait=DURATION] /healthz /stats/prometheus /config_dump /clusters[?format=json]\n",
             "text/plain",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
@@ -197,7 +254,7 @@ fn clusters(active: &Active, json: bool) -> Response<Full<Bytes>> {
                             rq_active: e.active.load(Ordering::Relaxed),
                             rq_total: e.rq_total.load(Ordering::Relaxed),
                             rq_error: e.rq_error.load(Ordering::Relaxed),
-                            cx_idle: e.pool.idle_count(),
+                            cx_idle: e.idle_connections(),
                         }
                     })
                     .collect(),

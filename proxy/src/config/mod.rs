@@ -14,4 +14,4 @@ pub use duration::Dur;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load_file, parse_yaml};
 pub use model::*;
-pub use validate::validate;
+pub use validate::{validate, validate_changes, Validated};

@@ -7,6 +7,7 @@
 //! Envoy's deep nesting flattened where it carries no meaning for Ferry.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ferry_filters::{FilterSpec, PerFilterConfig};
 use serde::{Deserialize, Serialize};
@@ -26,10 +27,15 @@ pub struct Bootstrap {
     #[serde(default)]
     pub listeners: Vec<Listener>,
     /// Named route configurations, referenced by HTTP listeners.
+    ///
+    /// Route configs and clusters are shared, not copied: a config
+    /// assembled from xDS resources, the running config and the cluster
+    /// runtimes hold one copy of each, and "unchanged since the last
+    /// config" is a pointer compare before it is a deep one.
     #[serde(default)]
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<Arc<RouteConfig>>,
     #[serde(default)]
-    pub clusters: Vec<Cluster>,
+    pub clusters: Vec<Arc<Cluster>>,
     /// Configuration from a control plane over ADS; the listeners, routes
     /// and clusters above are then the static part, served beside the
     /// dynamic one. CLI flags (`--xds`, `--node-id`, ...) override it.
@@ -146,7 +152,9 @@ pub fn default_alpn() -> Vec<String> {
 pub struct RouteConfig {
     pub name: String,
     #[serde(default)]
-    pub virtual_hosts: Vec<VirtualHost>,
+    /// Shared like route configs: a route config that changed in one
+    /// virtual host shares the others with the config it replaces.
+    pub virtual_hosts: Vec<Arc<VirtualHost>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 use rustls_pki_types::pem::{self, PemObject};
@@ -53,28 +54,9 @@ const HOP_BY_HOP_HEADERS: &[&str] = &[
 /// names, addresses, exclusive fields, regexes, header names, TLS files.
 /// Returns every problem found, in document order.
 pub fn validate(boot: &Bootstrap) -> Result<(), ConfigErrors> {
-    let mut v = Validator {
-        errors: Vec::new(),
-        route_names: boot.routes.iter().map(|r| r.name.as_str()).collect(),
-        cluster_names: boot.clusters.iter().map(|c| c.name.as_str()).collect(),
-    };
+    let mut v = Validator::new(boot, None);
     v.bootstrap(boot);
-    if let Some(x) = &boot.xds {
-        if !(x.server.starts_with("http://") || x.server.starts_with("https://"))
-            || x.server.parse::<http::Uri>().is_err()
-        {
-            v.err(
-                "xds.server",
-                format!("invalid server {:?}: use http://host:port", x.server),
-            );
-        }
-        if x.node_id.trim().is_empty() {
-            v.err("xds.node_id", "is required");
-        }
-        if x.cache_dir.as_deref().is_some_and(str::is_empty) {
-            v.err("xds.cache_dir", "must not be empty");
-        }
-    }
+    v.xds_section(boot);
     if v.errors.is_empty() {
         // The router compiles what the checks above cannot see (retry
         // policies, rewrite forms); running it here means `--validate`
@@ -100,6 +82,7 @@ pub fn validate(boot: &Bootstrap) -> Result<(), ConfigErrors> {
                     .iter()
                     .enumerate()
                     .find(|(_, rc)| rc.name == name)
+                    .map(|(ri, rc)| (ri, &**rc))
             });
             if let Err(e) =
                 crate::active::build_filters(&filters, l, &format!("listeners[{i}]"), routes)
@@ -108,10 +91,101 @@ pub fn validate(boot: &Bootstrap) -> Result<(), ConfigErrors> {
             }
         }
     }
-    if v.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(v.errors))
+    v.finish()
+}
+
+/// The route configs and clusters of the last config [`validate_changes`]
+/// accepted (and the caller applied), to skip re-checking what did not
+/// change. Holding them keeps them alive, so a pointer compare is sound.
+#[derive(Default)]
+pub struct Validated {
+    routes: HashMap<String, Arc<RouteConfig>>,
+    clusters: HashMap<String, Arc<Cluster>>,
+}
+
+impl Validated {
+    /// Remembers `boot` as valid (it passed [`validate_changes`] and was
+    /// applied).
+    pub fn remember(boot: &Bootstrap) -> Validated {
+        Validated {
+            routes: boot
+                .routes
+                .iter()
+                .map(|rc| (rc.name.clone(), rc.clone()))
+                .collect(),
+            clusters: boot
+                .clusters
+                .iter()
+                // Not with TLS: its files are re-read on every check, as
+                // the build re-reads them (a reload is how they rotate).
+                .filter(|c| c.tls.is_none())
+                .map(|c| (c.name.clone(), c.clone()))
+                .collect(),
+        }
+    }
+
+    fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.get(name).map(|rc| &**rc)
+    }
+
+    fn same_cluster(&self, c: &Arc<Cluster>) -> bool {
+        self.clusters
+            .get(&c.name)
+            .is_some_and(|old| Arc::ptr_eq(old, c) || **old == **c)
+    }
+}
+
+/// [`validate`] for a config that is mostly the last accepted one (an xDS
+/// update): the same checks, reported the same way, except that
+/// - a cluster equal to the one in `prev` is not checked again, and of a
+///   route config only the virtual hosts that changed are (every route's
+///   cluster references, names and domains are checked whole: they depend
+///   on the rest of the config);
+/// - route tables and filter chains are not compiled here: the build that
+///   follows compiles them once, and its errors carry the same paths.
+pub fn validate_changes(boot: &Bootstrap, prev: &Validated) -> Result<(), ConfigErrors> {
+    let mut v = Validator::new(boot, Some(prev));
+    v.bootstrap(boot);
+    v.xds_section(boot);
+    v.finish()
+}
+
+impl<'a> Validator<'a> {
+    fn new(boot: &'a Bootstrap, prev: Option<&'a Validated>) -> Self {
+        Validator {
+            errors: Vec::new(),
+            route_names: boot.routes.iter().map(|r| r.name.as_str()).collect(),
+            cluster_names: boot.clusters.iter().map(|c| c.name.as_str()).collect(),
+            prev,
+        }
+    }
+
+    fn finish(self) -> Result<(), ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
+
+    fn xds_section(&mut self, boot: &Bootstrap) {
+        let Some(x) = &boot.xds else {
+            return;
+        };
+        if !(x.server.starts_with("http://") || x.server.starts_with("https://"))
+            || x.server.parse::<http::Uri>().is_err()
+        {
+            self.err(
+                "xds.server",
+                format!("invalid server {:?}: use http://host:port", x.server),
+            );
+        }
+        if x.node_id.trim().is_empty() {
+            self.err("xds.node_id", "is required");
+        }
+        if x.cache_dir.as_deref().is_some_and(str::is_empty) {
+            self.err("xds.cache_dir", "must not be empty");
+        }
     }
 }
 
@@ -121,6 +195,8 @@ struct Validator<'a> {
     /// of clusters, each named by many routes.
     route_names: HashSet<&'a str>,
     cluster_names: HashSet<&'a str>,
+    /// What was checked before ([`validate_changes`]); None checks all.
+    prev: Option<&'a Validated>,
 }
 
 /// Where a header name is used; each use allows different names.
@@ -177,7 +253,17 @@ impl<'a> Validator<'a> {
             boot.routes.iter().map(|r| r.name.as_str()),
         );
         for (i, r) in boot.routes.iter().enumerate() {
-            self.route_config(&format!("routes[{i}]"), r);
+            let path = format!("routes[{i}]");
+            match self.prev.and_then(|p| p.route(&r.name)) {
+                // The very config checked before: only what depends on the
+                // rest of the config can have become wrong.
+                Some(prev) if std::ptr::eq(prev, &**r) => {
+                    for (j, vh) in r.virtual_hosts.iter().enumerate() {
+                        self.cluster_refs(&path, j, vh);
+                    }
+                }
+                prev => self.route_config(&path, r, prev),
+            }
         }
 
         self.unique_names(
@@ -186,6 +272,9 @@ impl<'a> Validator<'a> {
             boot.clusters.iter().map(|c| c.name.as_str()),
         );
         for (i, c) in boot.clusters.iter().enumerate() {
+            if self.prev.is_some_and(|p| p.same_cluster(c)) {
+                continue;
+            }
             self.cluster(&format!("clusters[{i}]"), c);
         }
     }
@@ -194,12 +283,12 @@ impl<'a> Validator<'a> {
     fn unique_names<'n>(&mut self, base: &str, kind: &str, names: impl Iterator<Item = &'n str>) {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, name) in names.enumerate() {
-            let path = format!("{base}[{i}].name");
+            let path = || format!("{base}[{i}].name");
             if name.is_empty() {
-                self.err(path, "must not be empty");
+                self.err(path(), "must not be empty");
             } else if let Some(first) = seen.get(name) {
                 self.err(
-                    path,
+                    path(),
                     format!("duplicate {kind} name {name:?} (first used by {base}[{first}])"),
                 );
             } else {
@@ -335,7 +424,10 @@ impl<'a> Validator<'a> {
 
     // === Routes ===
 
-    fn route_config(&mut self, path: &str, rc: &RouteConfig) {
+    /// `prev`: the same-named route config as last accepted; its virtual
+    /// hosts that are unchanged (same position, equal) get only the checks
+    /// that depend on the rest of the config.
+    fn route_config(&mut self, path: &str, rc: &RouteConfig, prev: Option<&RouteConfig>) {
         self.unique_names(
             &format!("{path}.virtual_hosts"),
             "virtual host",
@@ -347,11 +439,41 @@ impl<'a> Validator<'a> {
         let mut domains: HashMap<String, String> = HashMap::new();
         for (i, vh) in rc.virtual_hosts.iter().enumerate() {
             let vh_path = format!("{path}.virtual_hosts[{i}]");
-            self.virtual_host(&vh_path, vh, &mut domains);
+            self.domains(&vh_path, vh, &mut domains);
+            let unchanged = prev
+                .and_then(|p| p.virtual_hosts.get(i))
+                .is_some_and(|p| Arc::ptr_eq(p, vh) || **p == **vh);
+            if unchanged {
+                self.cluster_refs(path, i, vh);
+            } else {
+                self.virtual_host(&vh_path, vh);
+            }
         }
     }
 
-    fn virtual_host(&mut self, path: &str, vh: &VirtualHost, seen: &mut HashMap<String, String>) {
+    /// The cluster references of virtual host `i` of the route config at
+    /// `path`: what an unchanged virtual host may still get wrong when
+    /// clusters go away. Paths are only formatted for an error.
+    fn cluster_refs(&mut self, path: &str, i: usize, vh: &VirtualHost) {
+        for (j, r) in vh.routes.iter().enumerate() {
+            let Some(a) = &r.route else {
+                continue;
+            };
+            let at = |field: &str| format!("{path}.virtual_hosts[{i}].routes[{j}].route.{field}");
+            if let Some(name) = &a.cluster {
+                if name.is_empty() || !self.cluster_names.contains(name.as_str()) {
+                    self.cluster_ref(&at("cluster"), name);
+                }
+            }
+            for (k, w) in a.weighted_clusters.iter().flatten().enumerate() {
+                if w.name.is_empty() || !self.cluster_names.contains(w.name.as_str()) {
+                    self.cluster_ref(&at(&format!("weighted_clusters[{k}].name")), &w.name);
+                }
+            }
+        }
+    }
+
+    fn domains(&mut self, path: &str, vh: &VirtualHost, seen: &mut HashMap<String, String>) {
         if vh.domains.is_empty() {
             self.err(
                 format!("{path}.domains"),
@@ -372,7 +494,9 @@ impl<'a> Validator<'a> {
                 seen.insert(key, p);
             }
         }
+    }
 
+    fn virtual_host(&mut self, path: &str, vh: &VirtualHost) {
         self.headers_to_add(
             &format!("{path}.request_headers_to_add"),
             &vh.request_headers_to_add,
@@ -474,9 +598,12 @@ impl<'a> Validator<'a> {
         );
     }
 
+    /// Syntax only: parsing is cheap, compiling is not (a mesh config holds
+    /// thousands of regexes), and the router compiles each one anyway (its
+    /// errors, e.g. a pattern too big, carry the same path).
     fn regex(&mut self, path: &str, re: &str) {
-        if let Err(e) = regex::Regex::new(re) {
-            self.err(path, format!("invalid regex: {}", regex_error(&e)));
+        if let Err(e) = regex_syntax::Parser::new().parse(re) {
+            self.err(path, format!("invalid regex: {}", regex_error(&e.to_string())));
         }
     }
 
@@ -1073,8 +1200,7 @@ fn policy_mismatch(field: &str, policy: LbPolicy) -> String {
 /// The regex crate's syntax errors span lines (the pattern, a caret line,
 /// then `error: ...`); config errors are one line each, so keep the
 /// message lines and drop the drawing.
-fn regex_error(e: &regex::Error) -> String {
-    let text = e.to_string();
+fn regex_error(text: &str) -> String {
     let messages: Vec<&str> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("error: "))

@@ -7,16 +7,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::Completion;
+use crate::http::filtered::FilteredBody;
 use crate::http::replay::ReplayBody;
 use crate::upstream::pool::Returner;
 
 pub enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
+    /// A request body read whole (for a filter) that came with trailers;
+    /// boxed so the common variants stay small.
+    FullWithTrailers(Box<(Option<Bytes>, Option<HeaderMap>)>),
     /// A body streamed from the other side, untouched.
     Incoming(Incoming),
     /// A downstream request body whose size the access log wants.
@@ -26,6 +31,37 @@ pub enum ProxyBody {
     Upstream(UpstreamBody),
     /// One try's view of a request body kept for retries.
     Replay(ReplayBody<ProxyBody>),
+    /// A body whose frames pass through the filters' body hooks; only for
+    /// requests whose filters have such hooks.
+    Filtered(Box<FilteredBody>),
+}
+
+/// Why a body stream failed.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Reading it from the other side failed.
+    Hyper(hyper::Error),
+    /// A filter answered the request from a request-body hook: the upstream
+    /// request is abandoned.
+    Answered,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Hyper(e) => e.fmt(f),
+            BodyError::Answered => f.write_str("a filter answered the request from its body"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Hyper(e) => Some(e),
+            BodyError::Answered => None,
+        }
+    }
 }
 
 pub struct UpstreamBody {
@@ -102,16 +138,20 @@ impl Drop for UpstreamBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Incoming(inner) => Pin::new(inner).poll_frame(cx),
+            ProxyBody::FullWithTrailers(bt) => Poll::Ready(match bt.0.take() {
+                Some(b) => Some(Ok(Frame::data(b))),
+                None => bt.1.take().map(|t| Ok(Frame::trailers(t))),
+            }),
+            ProxyBody::Incoming(inner) => Pin::new(inner).poll_frame(cx).map_err(BodyError::Hyper),
             ProxyBody::Counted(inner, counter) => {
                 let poll = Pin::new(inner).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &poll {
@@ -119,7 +159,7 @@ impl Body for ProxyBody {
                         counter.fetch_add(d.len() as u64, Ordering::Relaxed);
                     }
                 }
-                poll
+                poll.map_err(BodyError::Hyper)
             }
             ProxyBody::Upstream(up) => {
                 let poll = Pin::new(&mut up.inner).poll_frame(cx);
@@ -135,9 +175,10 @@ impl Body for ProxyBody {
                     Poll::Ready(None) => up.release(),
                     _ => {}
                 }
-                poll
+                poll.map_err(BodyError::Hyper)
             }
             ProxyBody::Replay(r) => Pin::new(r).poll_frame(cx),
+            ProxyBody::Filtered(f) => Pin::new(&mut **f).poll_frame(cx),
         }
     }
 
@@ -145,9 +186,11 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => true,
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::FullWithTrailers(bt) => bt.0.is_none() && bt.1.is_none(),
             ProxyBody::Incoming(i) | ProxyBody::Counted(i, _) => i.is_end_stream(),
             ProxyBody::Upstream(u) => u.inner.is_end_stream(),
             ProxyBody::Replay(r) => r.is_end_stream(),
+            ProxyBody::Filtered(f) => f.is_end_stream(),
         }
     }
 
@@ -155,9 +198,13 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::FullWithTrailers(bt) => {
+                SizeHint::with_exact(bt.0.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ProxyBody::Incoming(i) | ProxyBody::Counted(i, _) => i.size_hint(),
             ProxyBody::Upstream(u) => u.inner.size_hint(),
             ProxyBody::Replay(r) => r.size_hint(),
+            ProxyBody::Filtered(f) => f.size_hint(),
         }
     }
 }

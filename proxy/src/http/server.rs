@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use crate::active::ListenerRt;
+use crate::http::framing::{FramingGuard, Scanner};
 use crate::listener::stopped;
 use crate::pipeline::{self, ConnCtx};
 
@@ -29,14 +30,30 @@ pub struct Limits {
     pub max_headers: usize,
 }
 
+/// hyper's read buffer bounds the head; it refuses anything under 8 KiB.
+fn read_buf_size(max_header_bytes: usize) -> usize {
+    max_header_bytes.max(8192)
+}
+
+/// The framing guard for a new downstream connection. `h2`: ALPN chose
+/// HTTP/2, which has no HTTP/1 framing to follow.
+pub fn request_scanner(rt: &ListenerRt, h2: bool) -> Scanner {
+    if h2 {
+        return Scanner::off();
+    }
+    // hyper answers 431 once a partial head fills its read buffer, but one
+    // read can carry a head past it (the buffer grows by up to twice its
+    // size); the guard follows any head hyper could accept.
+    Scanner::new(read_buf_size(rt.max_header_bytes) * 4)
+}
+
 /// The connection builder for one listener, made once per config.
 pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.headers_timeout)
-        // hyper's read buffer bounds the head; it refuses anything under 8 KiB.
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(read_buf_size(limits.max_header_bytes))
         .max_headers(limits.max_headers)
         .keep_alive(true);
     b.http2()
@@ -63,8 +80,13 @@ impl Drop for InflightGuard {
     }
 }
 
-pub async fn serve<I>(io: I, ctx: Arc<ConnCtx>, rt: &ListenerRt, mut stop: watch::Receiver<bool>)
-where
+pub async fn serve<I>(
+    io: I,
+    scanner: Scanner,
+    ctx: Arc<ConnCtx>,
+    rt: &ListenerRt,
+    mut stop: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
@@ -80,7 +102,7 @@ where
         }
     });
     let io = TrackedIo {
-        inner: io,
+        inner: FramingGuard::new(io, scanner),
         activity: rt.idle_timeout.map(|_| activity.clone()),
     };
     let conn = rt

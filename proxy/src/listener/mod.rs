@@ -25,6 +25,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::active::{Active, ListenerRt};
 use crate::config::{ConfigError, ConfigErrors, ListenerProtocol};
+use crate::http::server;
 use crate::pipeline::ConnCtx;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -310,11 +311,18 @@ async fn serve_conn(
                 shared.active.clone(),
             ));
             match &rt.tls {
-                None => crate::http::server::serve(stream, ctx, &rt, stop).await,
+                None => {
+                    let scanner = server::request_scanner(&rt, false);
+                    server::serve(stream, scanner, ctx, &rt, stop).await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls)) => crate::http::server::serve(tls, ctx, &rt, stop).await,
+                        Ok(Ok(tls)) => {
+                            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                            let scanner = server::request_scanner(&rt, h2);
+                            server::serve(tls, scanner, ctx, &rt, stop).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }

@@ -25,7 +25,7 @@ pub async fn proxy(
         return;
     };
     let _inflight = ActiveRequest::new(endpoint.clone());
-    let mut up = match endpoint.pool.connect_io().await {
+    let mut up = match endpoint.pool().connect_io().await {
         Ok(io) => io,
         Err(e) => {
             tracing::debug!(listener = %rt.name, upstream = %endpoint.addr, error = %e, "TCP upstream connect failed");

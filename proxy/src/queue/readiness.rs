@@ -3,15 +3,18 @@
 //! success, so a cold start is noticed within one interval; then every
 //! period; `failure_threshold` failures in a row make it unready, and
 //! probing is aggressive again until it recovers. The proxy's `/ready`
-//! follows it, and that gates the instance's endpoint in the control plane.
+//! follows it, and that gates the instance's endpoint in the control plane;
+//! every flip wakes [`changes`], so a `/ready?wait=` long-poll answers the
+//! moment the app is ready rather than at its caller's next probe.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::config::ReadinessProbe;
 
@@ -50,6 +53,14 @@ impl ProbeSettings {
                 .max(1),
         }
     }
+}
+
+/// Woken (every waiter) whenever any app's readiness in this process flips.
+/// Process-wide, like the revision registry: `/ready` covers every queue
+/// cluster of the running config.
+pub fn changes() -> &'static Notify {
+    static CHANGES: OnceLock<Notify> = OnceLock::new();
+    CHANGES.get_or_init(Notify::new)
 }
 
 /// The app's readiness, kept up to date by a probing task that runs while
@@ -109,6 +120,7 @@ async fn run(weak: Weak<Readiness>, name: String) {
             if !ready {
                 tracing::info!(cluster = %name, "local app ready");
                 r.ready.store(true, Ordering::Release);
+                changes().notify_waiters();
             }
             s.period
         } else if ready {
@@ -116,6 +128,7 @@ async fn run(weak: Weak<Readiness>, name: String) {
             if failures >= s.failure_threshold {
                 tracing::warn!(cluster = %name, failures, "local app unready");
                 r.ready.store(false, Ordering::Release);
+                changes().notify_waiters();
                 failures = 0;
                 s.initial_interval
             } else {
@@ -233,5 +246,26 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    /// A waiter on [`changes`] is woken by the flip to ready, not by a
+    /// later probe of its own.
+    #[tokio::test]
+    async fn becoming_ready_wakes_waiters() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let woken = changes().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let r = Readiness::spawn(ProbeSettings::from_config(None), vec![addr], "w");
+        tokio::time::timeout(Duration::from_secs(2), woken)
+            .await
+            .expect("woken by the flip to ready");
+        // Other tests' probers may flip too; this one must be ready soon.
+        let started = std::time::Instant::now();
+        while !r.is_ready() {
+            assert!(started.elapsed() < Duration::from_secs(2), "never ready");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

@@ -13,11 +13,13 @@ use super::table::Errors;
 use super::RequestView;
 use crate::config::HashPolicy as HashPolicyConfig;
 
+#[derive(Debug)]
 pub(super) struct HashPolicy {
     kind: Kind,
     terminal: bool,
 }
 
+#[derive(Debug)]
 enum Kind {
     Header(HeaderSource),
     Cookie(Box<str>),

@@ -10,12 +10,14 @@ use super::table::Errors;
 use super::RequestView;
 use crate::config::{HeaderMatcher, QueryParameterMatcher, RouteMatch};
 
+#[derive(Debug)]
 pub(super) struct RouteMatcher {
     pub(super) path: PathMatch,
     headers: Vec<HeaderMatch>,
     query: Vec<QueryMatch>,
 }
 
+#[derive(Debug)]
 pub(super) enum PathMatch {
     /// Case-insensitive comparisons are ASCII-only, as Envoy's, so a match
     /// always covers exactly `prefix.len()` bytes of the path.
@@ -123,9 +125,11 @@ fn compile_path(m: &RouteMatch, p: &str, errs: &mut Errors) -> Option<PathMatch>
 
 /// Compiles `pattern` to match whole inputs only, as Envoy's RE2 full match.
 ///
-/// The pattern is first compiled on its own: that gives error messages with
-/// the user's column numbers, and rejects inputs such as `a)|(b` that only
-/// become valid once wrapped in `^(?:...)$`.
+/// Compiled once, wrapped in `^(?:...)$`. The pattern on its own must parse
+/// too: that rejects inputs such as `a)|(b` that only become valid once
+/// wrapped. Parsing is cheap next to compiling (a mesh config holds
+/// thousands of regexes); the pattern is compiled on its own only to word
+/// an error, so messages carry the user's column numbers.
 pub(super) fn full_match_regex(pattern: &str, case_insensitive: bool) -> Result<Regex, String> {
     let build = |p: &str| {
         RegexBuilder::new(p)
@@ -133,14 +137,25 @@ pub(super) fn full_match_regex(pattern: &str, case_insensitive: bool) -> Result<
             .build()
             .map_err(regex_error)
     };
-    build(pattern)?;
-    build(&format!("^(?:{pattern})$"))
+    match (parses(pattern), build(&format!("^(?:{pattern})$"))) {
+        (true, Ok(re)) => Ok(re),
+        (_, anchored) => build(pattern).and(anchored),
+    }
 }
 
 fn full_match_bytes_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
     let build = |p: &str| regex::bytes::Regex::new(p).map_err(regex_error);
-    build(pattern)?;
-    build(&format!("^(?:{pattern})$"))
+    match (parses(pattern), build(&format!("^(?:{pattern})$"))) {
+        (true, Ok(re)) => Ok(re),
+        (_, anchored) => build(pattern).and(anchored),
+    }
+}
+
+/// Whether `pattern` parses on its own (syntax only, no compilation).
+fn parses(pattern: &str) -> bool {
+    regex_syntax::ast::parse::Parser::new()
+        .parse(pattern)
+        .is_ok()
 }
 
 /// `invalid regex: <message>`, on one line: the regex crate's syntax errors
@@ -161,6 +176,7 @@ fn regex_error(e: regex::Error) -> String {
 /// Where a matched or hashed header value comes from. Pseudo-headers are
 /// read from the request view, and `host` is treated as `:authority` so a
 /// matcher works the same over HTTP/1.1 and HTTP/2.
+#[derive(Debug)]
 pub(super) enum HeaderSource {
     Name(HeaderName),
     Authority,
@@ -209,12 +225,14 @@ impl HeaderSource {
     }
 }
 
+#[derive(Debug)]
 struct HeaderMatch {
     source: HeaderSource,
     kind: HeaderKind,
     invert: bool,
 }
 
+#[derive(Debug)]
 enum HeaderKind {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
@@ -300,11 +318,13 @@ fn compile_header(h: &HeaderMatcher, p: &str, errs: &mut Errors) -> Option<Heade
 /// Matched against the raw query string: names and values are compared
 /// without percent-decoding, so `a%20b=1` does not match a matcher named
 /// `a b`. The first occurrence of a parameter decides, as Envoy's.
+#[derive(Debug)]
 struct QueryMatch {
     name: Box<str>,
     kind: QueryKind,
 }
 
+#[derive(Debug)]
 enum QueryKind {
     Exact(Box<str>),
     Regex(Regex),

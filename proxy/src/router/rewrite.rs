@@ -5,6 +5,7 @@
 use super::matcher::PathMatch;
 use super::table::Errors;
 
+#[derive(Debug)]
 pub(super) struct PathRewrite {
     /// Bytes of the path replaced; None: all of it.
     prefix_len: Option<usize>,

@@ -3,6 +3,7 @@
 use super::table::Errors;
 use crate::config::WeightedCluster;
 
+#[derive(Debug)]
 pub struct WeightedClusters {
     /// (cluster index, cumulative weight up to and including it); entries of
     /// weight 0 are left out so they can never be picked.

@@ -71,10 +71,13 @@ impl Errors {
     }
 }
 
+/// `prev`: an earlier config and its table (same cluster numbering), whose
+/// virtual hosts are taken over where unchanged.
 pub(super) fn build(
     cfg: &RouteConfig,
     path: &str,
     cluster_index: &dyn Fn(&str) -> Option<usize>,
+    prev: Option<(&RouteConfig, &RouteTable)>,
 ) -> Result<RouteTable, ConfigErrors> {
     let mut errs = Errors::default();
     let mut vhosts = Vec::with_capacity(cfg.virtual_hosts.len());
@@ -82,8 +85,17 @@ pub(super) fn build(
     for (i, vh) in cfg.virtual_hosts.iter().enumerate() {
         let p = format!("{path}.virtual_hosts[{i}]");
         domains.add(vh, i, &p, &mut errs);
-        if let Some(vh) = build_virtual_host(vh, i, &p, cluster_index, &mut errs) {
-            vhosts.push(vh);
+        // Same position matters: route ids hold the virtual host's index.
+        let kept = prev.and_then(|(prev_cfg, table)| {
+            let old = prev_cfg.virtual_hosts.get(i)?;
+            (Arc::ptr_eq(old, vh) || **old == **vh)
+                .then(|| table.vhosts.get(i).cloned())
+                .flatten()
+        });
+        if let Some(kept) = kept {
+            vhosts.push(kept);
+        } else if let Some(vh) = build_virtual_host(vh, i, &p, cluster_index, &mut errs) {
+            vhosts.push(Arc::new(vh));
         }
     }
     if !errs.list.is_empty() {
@@ -406,6 +418,30 @@ pub(super) struct DomainIndex {
     suffix: ByLength,
     prefix: ByLength,
     default: Option<usize>,
+}
+
+/// Sorted, so two indexes of the same domains print the same whatever
+/// their hash maps' iteration order.
+impl std::fmt::Debug for DomainIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn sorted(map: &HashMap<Box<[u8]>, usize>) -> Vec<(String, usize)> {
+            let mut v: Vec<(String, usize)> = map
+                .iter()
+                .map(|(k, i)| (String::from_utf8_lossy(k).into_owned(), *i))
+                .collect();
+            v.sort();
+            v
+        }
+        let grouped = |g: &ByLength| -> Vec<(usize, Vec<(String, usize)>)> {
+            g.iter().map(|(len, m)| (*len, sorted(m))).collect()
+        };
+        f.debug_struct("DomainIndex")
+            .field("exact", &sorted(&self.exact))
+            .field("suffix", &grouped(&self.suffix))
+            .field("prefix", &grouped(&self.prefix))
+            .field("default", &self.default)
+            .finish()
+    }
 }
 
 impl DomainIndex {

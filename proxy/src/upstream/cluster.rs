@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -32,20 +32,27 @@ const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
 /// Balancer picks tried before `pick_excluding` falls back to a scan.
 const EXCLUDE_ATTEMPTS: u64 = 3;
 
+/// One endpoint of a cluster build. Kept small: a mesh sidecar holds tens
+/// of thousands of them and sends requests to few.
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// `ip:port`, what ring hash and Maglev hash.
-    pub key: String,
     /// The name it was resolved from (strict_dns), for `/clusters`.
     pub hostname: Option<String>,
     pub weight: u32,
-    pub pool: Arc<Pool>,
     /// In-flight requests, for least request.
     pub active: AtomicU32,
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
+    /// The connection pool, made on first use ([`Endpoint::pool`]); set at
+    /// build time when a live build of the cluster already has one, so an
+    /// endpoint that stays across a reload keeps its connections.
+    pool: OnceLock<Arc<Pool>>,
+    /// How to make the pool: shared by the endpoints of one build.
+    pools: Arc<PoolContext>,
     /// Active and passive health; shared with the same endpoint in the
-    /// cluster's other builds (reloads, DNS changes).
+    /// cluster's other builds (reloads, DNS changes). A cluster with neither
+    /// health checks nor outlier detection has nothing to track per
+    /// endpoint: its endpoints share one always-healthy state.
     pub health: Arc<HostHealth>,
     /// Copied here so that `record` needs no pointer chase on success.
     outlier: Option<Arc<OutlierConfig>>,
@@ -54,7 +61,79 @@ pub struct Endpoint {
     cluster: Weak<Cluster>,
 }
 
+/// What an endpoint needs to make its pool, once per cluster build.
+struct PoolContext {
+    cluster: Arc<str>,
+    settings: PoolSettings,
+    /// The cluster's TLS connector and configured SNI.
+    tls: Option<(TlsConnector, Option<String>)>,
+    /// Hash of the cluster settings that shape a connection (see
+    /// [`fingerprint`]): pools are shared across builds only while it holds.
+    fingerprint: u64,
+    stats: ClusterStats,
+    breakers: Arc<BreakerState>,
+    registry: Arc<PoolRegistry>,
+}
+
+impl PoolContext {
+    fn key(&self, addr: SocketAddr, hostname: Option<&str>) -> PoolKey {
+        // The TLS server name may come from the hostname, so a pool is
+        // only shared between endpoints resolved from the same name.
+        let fingerprint = match hostname {
+            None => self.fingerprint,
+            Some(h) => xxhash_rust::xxh64::xxh64(h.as_bytes(), self.fingerprint),
+        };
+        PoolKey {
+            cluster: self.cluster.clone(),
+            addr,
+            fingerprint,
+        }
+    }
+
+    /// The TLS server name for an endpoint: the configured SNI, else the
+    /// name it was resolved from, else its IP.
+    fn server_name(
+        sni: Option<&str>,
+        hostname: Option<&str>,
+        addr: SocketAddr,
+    ) -> Result<ServerName<'static>, String> {
+        match sni.or(hostname) {
+            Some(name) => ServerName::try_from(name.to_string())
+                .map_err(|e| format!("invalid server name {name:?}: {e}")),
+            None => Ok(ServerName::IpAddress(addr.ip().into())),
+        }
+    }
+
+    fn make(&self, addr: SocketAddr, hostname: Option<&str>) -> Arc<Pool> {
+        self.registry
+            .get_or_make(self.key(addr, hostname), || {
+                let mut settings = self.settings.clone();
+                if let Some((connector, sni)) = &self.tls {
+                    // Checked when the cluster was built, so this fails only
+                    // for a name that was valid then; the IP is the safe
+                    // fallback (the handshake then fails visibly).
+                    let name = PoolContext::server_name(sni.as_deref(), hostname, addr)
+                        .unwrap_or(ServerName::IpAddress(addr.ip().into()));
+                    settings.tls = Some((connector.clone(), name));
+                }
+                Pool::new(addr, settings, self.stats.clone(), self.breakers.clone())
+            })
+    }
+}
+
 impl Endpoint {
+    /// The endpoint's connection pool, made (or found in the registry) on
+    /// first use.
+    pub fn pool(&self) -> &Arc<Pool> {
+        self.pool
+            .get_or_init(|| self.pools.make(self.addr, self.hostname.as_deref()))
+    }
+
+    /// Idle connections in its pool; 0 (and no pool made) if it has none.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.get().map_or(0, |p| p.idle_count())
+    }
+
     /// Tells outlier detection how a try on this endpoint ended. Call once
     /// per try. A success costs two relaxed loads; a failure that reaches a
     /// threshold ejects (subject to the cluster's limits) and rebuilds the
@@ -142,7 +221,8 @@ pub struct HostSet {
 
 pub struct Cluster {
     pub name: Arc<str>,
-    pub config: config::Cluster,
+    /// Shared with the running config (`Active::config`).
+    pub config: Arc<config::Cluster>,
     pub hosts: ArcSwap<HostSet>,
     /// Woken (`notify_waiters`) after every store to `hosts` once the
     /// cluster runs: requests held by the activator (`queue::activator`)
@@ -153,8 +233,12 @@ pub struct Cluster {
     /// Ring hash and Maglev want the route's hash; others don't, so the
     /// router skips computing it.
     pub uses_hash: bool,
-    settings: PoolSettings,
     registry: Arc<PoolRegistry>,
+    /// How its endpoints make their pools.
+    pools: Arc<PoolContext>,
+    /// The one health state of every endpoint when the cluster has neither
+    /// health checks nor outlier detection (nothing per endpoint to track).
+    shared_health: Option<Arc<HostHealth>>,
     /// Tells this build from other builds of the same cluster name.
     id: u64,
     limits: Limits,
@@ -192,8 +276,8 @@ pub struct PoolRegistry {
 struct PoolKey {
     cluster: Arc<str>,
     addr: SocketAddr,
-    /// Everything in the cluster config that shapes a connection.
-    fingerprint: String,
+    /// Everything in the cluster config that shapes a connection, hashed.
+    fingerprint: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -222,6 +306,11 @@ fn get_or_make<K: std::hash::Hash + Eq, V>(
 impl PoolRegistry {
     fn get_or_make(&self, key: PoolKey, make: impl FnOnce() -> Pool) -> Arc<Pool> {
         get_or_make(&self.pools, key, make)
+    }
+
+    /// The live pool for `key`, if any build still holds one.
+    fn live_pool(&self, key: &PoolKey) -> Option<Arc<Pool>> {
+        self.pools.lock().ok()?.get(key).and_then(Weak::upgrade)
     }
 
     /// Closes expired idle connections everywhere and forgets dead pools
@@ -267,11 +356,12 @@ impl PoolRegistry {
     }
 }
 
-fn fingerprint(c: &config::Cluster) -> String {
-    format!(
+fn fingerprint(c: &config::Cluster) -> u64 {
+    let text = format!(
         "{:?}|{:?}|{:?}|{:?}|{:?}",
         c.protocol, c.connect_timeout, c.idle_timeout, c.max_idle_per_endpoint, c.tls
-    )
+    );
+    xxhash_rust::xxh64::xxh64(text.as_bytes(), 0)
 }
 
 /// A resolved endpoint before it has a pool.
@@ -293,6 +383,16 @@ impl Cluster {
         targets: Vec<Target>,
         registry: &Arc<PoolRegistry>,
     ) -> Result<Arc<Cluster>, ConfigErrors> {
+        Cluster::build_shared(Arc::new(cfg.clone()), path, targets, registry)
+    }
+
+    /// [`Cluster::build`] for a config the running config shares.
+    pub fn build_shared(
+        cfg: Arc<config::Cluster>,
+        path: &str,
+        targets: Vec<Target>,
+        registry: &Arc<PoolRegistry>,
+    ) -> Result<Arc<Cluster>, ConfigErrors> {
         let name: Arc<str> = Arc::from(cfg.name.as_str());
         let stats = ClusterStats::new(&cfg.name);
         let tls = match &cfg.tls {
@@ -302,6 +402,12 @@ impl Cluster {
                 Some((TlsConnector::from(client), t.sni.clone()))
             }
         };
+        if let Some((_, sni)) = &tls {
+            for t in &targets {
+                PoolContext::server_name(sni.as_deref(), t.hostname.as_deref(), t.addr)
+                    .map_err(|reason| ConfigError::new(format!("{path}.tls.sni"), reason))?;
+            }
+        }
         let base = PoolSettings {
             protocol: cfg.protocol,
             connect_timeout: cfg
@@ -320,13 +426,27 @@ impl Cluster {
             .iter()
             .map(|h| Arc::new(HcSettings::from_config(h, &cfg.name)))
             .collect();
+        let outlier = cfg
+            .outlier_detection
+            .as_ref()
+            .map(|o| Arc::new(OutlierConfig::from_config(o)));
+        let shared_health =
+            (health_checks.is_empty() && outlier.is_none()).then(|| Arc::new(HostHealth::new(0)));
+        let pools = Arc::new(PoolContext {
+            cluster: name.clone(),
+            settings: base,
+            tls,
+            fingerprint: fingerprint(&cfg),
+            stats: stats.clone(),
+            breakers: breaker_state.clone(),
+            registry: registry.clone(),
+        });
         let cluster = Arc::new(Cluster {
             name,
-            config: cfg.clone(),
             hosts: ArcSwap::from_pointee(HostSet {
                 endpoints: Vec::new(),
                 pickable: Vec::new(),
-                balancer: Balancer::new(cfg, &[]),
+                balancer: Balancer::new(&cfg, &[]),
                 routable: 0,
                 panic: false,
                 next_return: None,
@@ -336,15 +456,13 @@ impl Cluster {
             stats,
             protocol: cfg.protocol,
             uses_hash: matches!(cfg.lb_policy, LbPolicy::RingHash | LbPolicy::Maglev),
-            settings: base,
             registry: registry.clone(),
+            pools,
+            shared_health,
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             limits,
             breakers: Breakers::new(breaker_state),
-            outlier: cfg
-                .outlier_detection
-                .as_ref()
-                .map(|o| Arc::new(OutlierConfig::from_config(o))),
+            outlier,
             hc_fingerprint: format!("{:?}", cfg.health_checks),
             health_checks,
             panic_threshold: cfg
@@ -352,69 +470,51 @@ impl Cluster {
                 .unwrap_or(DEFAULT_PANIC_THRESHOLD),
             membership: Mutex::new(()),
             hc_kick: Arc::new(Notify::new()),
+            config: cfg,
         });
-        let endpoints = cluster.endpoints(targets, tls.as_ref(), path)?;
+        let endpoints = cluster.endpoints(targets);
         cluster.hosts.store(Arc::new(cluster.host_set(endpoints)));
         Ok(cluster)
     }
 
-    fn endpoints(
-        self: &Arc<Self>,
-        targets: Vec<Target>,
-        tls: Option<&(TlsConnector, Option<String>)>,
-        path: &str,
-    ) -> Result<Vec<Arc<Endpoint>>, ConfigError> {
-        let fp = fingerprint(&self.config);
+    fn endpoints(self: &Arc<Self>, targets: Vec<Target>) -> Vec<Arc<Endpoint>> {
         let mut endpoints = Vec::with_capacity(targets.len());
         for t in targets {
-            let mut settings = self.settings.clone();
-            if let Some((connector, sni)) = tls {
-                let server_name = match sni.as_deref().or(t.hostname.as_deref()) {
-                    Some(name) => ServerName::try_from(name.to_string()).map_err(|e| {
-                        ConfigError::new(
-                            format!("{path}.tls.sni"),
-                            format!("invalid server name {name:?}: {e}"),
-                        )
-                    })?,
-                    None => ServerName::IpAddress(t.addr.ip().into()),
-                };
-                settings.tls = Some((connector.clone(), server_name));
+            let pool = OnceLock::new();
+            let key = self.pools.key(t.addr, t.hostname.as_deref());
+            if let Some(live) = self.registry.live_pool(&key) {
+                let _ = pool.set(live);
             }
-            let key = PoolKey {
-                cluster: self.name.clone(),
-                addr: t.addr,
-                fingerprint: format!("{fp}|{:?}", t.hostname),
+            let health = match &self.shared_health {
+                Some(h) => h.clone(),
+                None => {
+                    let checkers = self.health_checks.len();
+                    get_or_make(
+                        &self.registry.health,
+                        HealthKey {
+                            cluster: self.name.clone(),
+                            addr: t.addr,
+                            health_checks: self.hc_fingerprint.clone(),
+                        },
+                        || HostHealth::new(checkers),
+                    )
+                }
             };
-            let stats = self.stats.clone();
-            let breakers = self.breakers.state().clone();
-            let pool = self
-                .registry
-                .get_or_make(key, || Pool::new(t.addr, settings, stats, breakers));
-            let checkers = self.health_checks.len();
-            let health = get_or_make(
-                &self.registry.health,
-                HealthKey {
-                    cluster: self.name.clone(),
-                    addr: t.addr,
-                    health_checks: self.hc_fingerprint.clone(),
-                },
-                || HostHealth::new(checkers),
-            );
             endpoints.push(Arc::new(Endpoint {
                 addr: t.addr,
-                key: t.addr.to_string(),
                 hostname: t.hostname,
                 weight: t.weight.max(1),
-                pool,
                 active: AtomicU32::new(0),
                 rq_total: AtomicU64::new(0),
                 rq_error: AtomicU64::new(0),
+                pool,
+                pools: self.pools.clone(),
                 health,
                 outlier: self.outlier.clone(),
                 cluster: Arc::downgrade(self),
             }));
         }
-        Ok(endpoints)
+        endpoints
     }
 
     /// The host set for `endpoints` given their health now: the routable
@@ -436,10 +536,18 @@ impl Cluster {
                 .map(|(e, _)| e.clone())
                 .collect()
         };
+        // Only the hash policies read the keys (`ip:port`); the others are
+        // spared a string per endpoint.
+        let keys: Vec<String> = if self.uses_hash {
+            pickable.iter().map(|e| e.addr.to_string()).collect()
+        } else {
+            Vec::new()
+        };
         let lb: Vec<LbEndpoint<'_>> = pickable
             .iter()
-            .map(|e| LbEndpoint {
-                key: &e.key,
+            .enumerate()
+            .map(|(i, e)| LbEndpoint {
+                key: keys.get(i).map_or("", String::as_str),
                 weight: e.weight,
             })
             .collect();
@@ -670,14 +778,13 @@ impl Cluster {
     /// Replaces the endpoints after a DNS change; unchanged endpoints keep
     /// their pools and health through the registry.
     fn update_targets(self: &Arc<Self>, targets: Vec<Target>) -> Result<(), ConfigError> {
-        let tls = match &self.config.tls {
-            None => None,
-            Some(t) => Some((
-                TlsConnector::from(client_config(t, self.protocol, &self.name)?),
-                t.sni.clone(),
-            )),
-        };
-        let endpoints = self.endpoints(targets, tls.as_ref(), &self.name)?;
+        if let Some((_, sni)) = &self.pools.tls {
+            for t in &targets {
+                PoolContext::server_name(sni.as_deref(), t.hostname.as_deref(), t.addr)
+                    .map_err(|reason| ConfigError::new(format!("{}.tls.sni", self.name), reason))?;
+            }
+        }
+        let endpoints = self.endpoints(targets);
         {
             let Ok(_guard) = self.membership.lock() else {
                 return Ok(());

@@ -232,7 +232,7 @@ async fn run(
         };
         let checks = endpoints
             .iter()
-            .map(|ep| check(&ep.pool, &settings, protocol, tls));
+            .map(|ep| check(ep.pool(), &settings, protocol, tls));
         let results = futures_util::future::join_all(checks).await;
         {
             let Some(c) = weak.upgrade() else { return };

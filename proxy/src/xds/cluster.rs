@@ -38,7 +38,8 @@ const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProt
 /// A translated cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct XdsCluster {
-    pub cluster: config::Cluster,
+    /// Shared with the assembled config when it is not an EDS cluster.
+    pub cluster: std::sync::Arc<config::Cluster>,
     /// For an EDS cluster, the ClusterLoadAssignment name it waits for
     /// (`eds_cluster_config.service_name`, else the cluster's name).
     pub eds: Option<String>,
@@ -296,7 +297,10 @@ fn cluster(p: &mut Problems, c: &Cluster, runtime_dir: &Path) -> XdsCluster {
         }
     }
     ferry_roles(p, c, &mut out);
-    XdsCluster { cluster: out, eds }
+    XdsCluster {
+        cluster: std::sync::Arc::new(out),
+        eds,
+    }
 }
 
 /// Where Ferry's control plane puts the queue-proxy and activator roles.
@@ -749,7 +753,7 @@ mod ferry_metadata_tests {
     }
 
     fn translate(c: &Cluster) -> Result<config::Cluster, String> {
-        translate_cluster(c, &std::env::temp_dir()).map(|x| x.cluster)
+        translate_cluster(c, &std::env::temp_dir()).map(|x| (*x.cluster).clone())
     }
 
     /// What the control plane puts on a revision cluster for the gateway.

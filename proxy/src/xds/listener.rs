@@ -44,8 +44,9 @@ const HARMLESS_LISTENER_FILTERS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct XdsListener {
     pub listener: config::Listener,
-    /// The HCM's inline `route_config`, named [`inline_route_name`].
-    pub inline_route: Option<config::RouteConfig>,
+    /// The HCM's inline `route_config`, named [`inline_route_name`]
+    /// (shared with the assembled config).
+    pub inline_route: Option<std::sync::Arc<config::RouteConfig>>,
     /// The RDS route configuration it waits for.
     pub rds: Option<String>,
 }
@@ -230,7 +231,7 @@ fn http_connection_manager(
             match translate_route_config(rc) {
                 Ok(mut translated) => {
                     translated.name = inline.clone();
-                    out.inline_route = Some(translated);
+                    out.inline_route = Some(std::sync::Arc::new(translated));
                 }
                 // The route translator already names its own paths; nest
                 // them under this field.

@@ -15,13 +15,21 @@
 //!
 //! [`run`] connects it all: an ADS client whose handler produces complete
 //! [`Bootstrap`]s and hands each to the caller's apply function (the same
-//! path a file reload takes); an `Err` from apply NACKs the update.
+//! path a file reload takes); an `Err` from apply NACKs the update. A new
+//! static part (the bootstrap file reloaded) is merged with the xDS
+//! resources on the same path.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use ferry_xds_client::{AdsClient, AdsConfig, Mode};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use ferry_xds_client::{AdsClient, AdsConfig, Handler, Mode, Outcome, Update};
+use tokio::sync::{watch, Mutex};
 
 use crate::config::{Bootstrap, ConfigErrors};
 
@@ -33,8 +41,8 @@ mod state;
 
 pub use cluster::{translate_cla, translate_cluster, XdsCluster};
 pub use listener::{inline_route_name, translate_listener, XdsListener};
-pub use route::translate_rds;
-pub use state::{Resources, XdsState};
+pub use route::{translate_rds, translate_rds_encoded, RdsHashes};
+pub use state::{Resources, XdsRoute, XdsState};
 
 #[cfg(test)]
 mod tests;
@@ -98,26 +106,76 @@ pub enum XdsError {
 /// them). While the control plane is unreachable the last applied config
 /// keeps serving; the client reconnects with jittered, capped backoff.
 ///
+/// A new static part sent on `statics` (the bootstrap file reloaded) is
+/// merged with the xDS resources and applied the same way; if that fails
+/// it is logged and the previous static part stays.
+///
 /// `apply` is async because building a config binds sockets and loads TLS;
 /// wrap a synchronous one as `move |b| std::future::ready(f(b))`.
-/// Returns only if the options are invalid.
+/// Returns only if the options are invalid. Must run inside a tokio
+/// runtime (it spawns the task that follows `statics`).
 pub async fn run<A, F>(
     opts: XdsOptions,
     static_base: Bootstrap,
+    statics: watch::Receiver<Option<Bootstrap>>,
     apply: A,
 ) -> Result<Infallible, XdsError>
 where
-    A: FnMut(Bootstrap) -> F + Send,
-    F: Future<Output = Result<(), ConfigErrors>> + Send,
+    A: FnMut(Bootstrap) -> F + Send + 'static,
+    F: Future<Output = Result<(), ConfigErrors>> + Send + 'static,
 {
     let mut config = AdsConfig::new(opts.server.clone(), &opts.node_id, &opts.node_cluster);
     config.mode = if opts.delta { Mode::Delta } else { Mode::Sotw };
     config.cache_dir = opts.cache_dir.clone();
-    let client = AdsClient::new(config)?.envoy_types();
-    let state = XdsState::new(static_base, opts.runtime_dir(), apply);
+    // Envoy's order (CDS, EDS, LDS, RDS). Route configurations arrive
+    // encoded: a mesh's is one resource of thousands of routes, and only
+    // its changed virtual hosts are decoded (see `route`).
+    let client = AdsClient::new(config)?
+        .watch::<Cluster>()
+        .watch::<ClusterLoadAssignment>()
+        .watch::<Listener>()
+        .watch_encoded::<RouteConfiguration>();
+    let state = Arc::new(Mutex::new(XdsState::new(
+        static_base,
+        opts.runtime_dir(),
+        apply,
+    )));
+    tokio::spawn(follow_static(state.clone(), statics));
     tracing::info!(
         server = %opts.server, node = %opts.node_id, cluster = %opts.node_cluster,
         delta = opts.delta, "starting xDS"
     );
-    Ok(client.run(state).await)
+    Ok(client.run(SharedState(state)).await)
+}
+
+/// The state shared by the ADS client (updates) and [`follow_static`]
+/// (file reloads); one at a time.
+struct SharedState<A>(Arc<Mutex<XdsState<A>>>);
+
+impl<A, F> Handler for SharedState<A>
+where
+    A: FnMut(Bootstrap) -> F + Send + 'static,
+    F: Future<Output = Result<(), ConfigErrors>> + Send + 'static,
+{
+    fn apply(&mut self, update: Update) -> impl Future<Output = Outcome> + Send {
+        let state = self.0.clone();
+        async move { state.lock().await.handle(update).await }
+    }
+}
+
+/// Applies each new static part until the sender goes away.
+async fn follow_static<A, F>(
+    state: Arc<Mutex<XdsState<A>>>,
+    mut statics: watch::Receiver<Option<Bootstrap>>,
+) where
+    A: FnMut(Bootstrap) -> F + Send + 'static,
+    F: Future<Output = Result<(), ConfigErrors>> + Send + 'static,
+{
+    while statics.changed().await.is_ok() {
+        let Some(base) = statics.borrow_and_update().clone() else {
+            continue;
+        };
+        // Errors are logged by `set_static`; the previous part stays.
+        let _ = state.lock().await.set_static(base).await;
+    }
 }

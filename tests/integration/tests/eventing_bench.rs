@@ -7,6 +7,9 @@
 //! - `bench_latency_10_triggers`: 1,000 events/s paced for 10 s into a
 //!   broker with 10 triggers; per delivery, the time from the start of the
 //!   producer's POST to the subscriber receiving it; p50/p99/max.
+//!
+//! Brokers and triggers are applied through the API (`ferry-control
+//! apply`), as users create them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,28 +41,30 @@ impl Drop for Ferry {
     }
 }
 
+/// `ferry-control serve`, then the Brokers and Triggers of `yaml` applied
+/// through its API (`ferry-control apply`); returns once every trigger
+/// reports Ready.
 async fn start_ferry(yaml: &str) -> Ferry {
     let dir = TestDir::new("eventing-bench");
     let config = dir.write("brokers.yaml", yaml);
     let addr = free_addr();
+    let api = free_addr();
     // bench/eventing.sh points this at the release build; the load
     // generator itself runs in the test profile (its dependencies are
     // optimised there).
     let bin = std::env::var_os("FERRY_CONTROL_BIN")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| binary_path("ferry-control"));
-    let child = Command::new(bin)
+    let child = Command::new(&bin)
         .arg("serve")
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .arg("--broker-config")
-        .arg(&config)
         .arg("--broker-listen")
         .arg(addr.to_string())
         .arg("--xds-listen")
         .arg(free_addr().to_string())
         .arg("--api-listen")
-        .arg(free_addr().to_string())
+        .arg(api.to_string())
         .arg("--gateway-listen")
         .arg(free_addr().to_string())
         .env("RUST_LOG", "warn")
@@ -74,18 +79,61 @@ async fn start_ferry(yaml: &str) -> Ferry {
         addr,
     };
     let client = client();
-    for _ in 0..500 {
-        let req = Request::get(format!("http://{addr}/healthz"))
-            .body(Full::new(Bytes::new()))
-            .expect("req");
-        if let Ok(r) = client.request(req).await {
-            if r.status() == StatusCode::OK {
-                return f;
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let req = Request::get(url)
+                .body(Full::new(Bytes::new()))
+                .expect("req");
+            match client.request(req).await {
+                Ok(r) if r.status() == StatusCode::OK => r
+                    .into_body()
+                    .collect()
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b.to_bytes()).ok())
+                    .or(Some(serde_json::Value::Null)),
+                _ => None,
             }
+        }
+    };
+    let mut up = false;
+    for _ in 0..500 {
+        if get(format!("http://{api}/healthz")).await.is_some() {
+            up = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("broker not ready");
+    assert!(up, "the API did not come up");
+    let out = Command::new(&bin)
+        .args(["apply", "-f", &config, "--server", &format!("http://{api}")])
+        .output()
+        .expect("ferry-control apply");
+    assert!(
+        out.status.success(),
+        "apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = yaml.matches("kind: Trigger").count();
+    for _ in 0..500 {
+        let triggers = get(format!("http://{api}/v1/triggers")).await;
+        let ready = triggers
+            .as_ref()
+            .and_then(|v| v["items"].as_array())
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|t| t["status"]["conditions"][0]["status"] == "True")
+                    .count()
+            });
+        let bound = get(format!("http://{addr}/healthz")).await.is_some();
+        if bound && ready == Some(want) {
+            return f;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("broker or triggers not ready");
 }
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {

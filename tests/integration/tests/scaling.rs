@@ -687,10 +687,10 @@ async fn a_rollout_under_load_fails_no_request() {
 }
 
 /// A 4× burst over a steady load puts the revision in panic mode: the
-/// panic window (10 % of 20 s = 2 s) sees it within a tick or two and the
-/// desired count jumps to the panic window's need. (A 1 s panic window
-/// would read 0 whenever a tick comes before the current second's reports,
-/// which arrive at each proxy's own second boundary.)
+/// panic window (10 % of 10 s = 1 s) sees it within a tick or two and the
+/// desired count jumps to the panic window's need. The proxies report at
+/// their own second boundaries, so a 1 s window is only right when the
+/// autoscaler reads it at the last complete second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_4x_burst_panics() {
     if !proxy_reports() {
@@ -708,7 +708,7 @@ async fn a_4x_burst_panics() {
             // 100 % of what they take, well below the panic threshold.
             &[
                 ("target", "2"),
-                ("window", "20s"),
+                ("window", "10s"),
                 ("min-scale", "2"),
                 ("max-scale", "10"),
             ],
@@ -867,4 +867,62 @@ spec:
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Service A's app calls service B, at zero, through its own sidecar's
+/// outbound listener (`$FERRY_OUTBOUND`): the sidecar routes by `Host`
+/// with the mesh routes, holds the request, reports the demand itself, B
+/// scales from zero, and A gets B's answer — no gateway on that path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_calls_a_service_at_zero_through_its_sidecar() {
+    if !proxy_reports() {
+        return;
+    }
+    let dir = TestDir::new("scaling-outbound");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::write(manifests.join("a.yaml"), service("caller", 0, &[])).expect("write");
+    std::fs::write(
+        manifests.join("b.yaml"),
+        service("callee", 0, &[("initial-scale", "0")]),
+    )
+    .expect("write");
+    let up = Up::start_with(
+        &manifests,
+        &dir.path().join("data"),
+        &dir,
+        0,
+        &["--autoscaler", "allow-zero-initial-scale=true"],
+    )
+    .await;
+    up.wait_ready("caller-v1", 1, Duration::from_secs(20)).await;
+    up.wait_routed(&host("caller")).await;
+    assert_eq!(
+        up.replicas("callee-v1").await,
+        (0, 0),
+        "callee-v1 should start at zero\n{}",
+        up.logs()
+    );
+
+    let client = Client::h1_no_pool();
+    let path = format!("/call?host={}", host("callee"));
+    let t = Instant::now();
+    let r = client
+        .get_with(&up.url(&path), &[("host", &host("caller"))])
+        .await
+        .expect("GET /call through the caller");
+    let took = t.elapsed();
+    assert_eq!(r.status, StatusCode::OK, "{}\n{}", r.text(), up.logs());
+    assert_eq!(r.header("x-revision"), Some("caller-v1"));
+    assert_eq!(r.header("x-called-revision"), Some("callee-v1"));
+    assert_eq!(r.text(), "Hello from callee-v1\n");
+    // The callee runs now, activated by the caller's sidecar.
+    up.wait_ready("callee-v1", 1, Duration::from_secs(5)).await;
+    // And with an instance up, the call goes straight through.
+    let again = client
+        .get_with(&up.url(&path), &[("host", &host("caller"))])
+        .await
+        .expect("second call");
+    assert_eq!(again.text(), "Hello from callee-v1\n");
+    println!("outbound: a call to a service at zero answered after {took:?}");
 }

@@ -294,3 +294,96 @@ async fn apply_get_validate_and_survive_a_restart() {
     let revs = cp.get_json("/v1/revisions").await;
     assert!(names(&revs).is_empty());
 }
+
+/// PUT a Service JSON body; (status, body as JSON).
+async fn put_service(cp: &ControlPlane, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!(
+            "{}/v1/namespaces/default/services/tuned",
+            cp.server()
+        ))
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .expect("request");
+    let r = Client::h1_no_pool().send(req).await.expect("PUT");
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+fn tuned(meta_annotations: &str, template_annotations: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"serving.knative.dev/v1","kind":"Service",
+        "metadata":{{"name":"tuned","annotations":{{{meta_annotations}}}}},
+        "spec":{{"template":{{"metadata":{{"annotations":{{{template_annotations}}}}},
+                            "spec":{{"containers":[{{"command":["ferry-hello"]}}]}}}}}}}}"#
+    )
+}
+
+/// The autoscaler's per-revision keys Knative has no annotation for are
+/// accepted and kept on the revision; invalid values of any autoscaling
+/// annotation are a 400 whose causes name each annotation's path.
+#[tokio::test]
+async fn autoscaling_annotations_are_validated_and_kept() {
+    let dir = TestDir::new("serving-annotations");
+    let cp = ControlPlane::start(&dir.path().join("data"), &dir, 1).await;
+
+    let good = tuned(
+        "",
+        r#""autoscaling.knative.dev/scale-to-zero-grace-period":"10s",
+           "autoscaling.knative.dev/max-scale-up-rate":"5",
+           "autoscaling.knative.dev/max-scale-down-rate":"3",
+           "autoscaling.knative.dev/window":"20s""#,
+    );
+    let (status, body) = put_service(&cp, &good).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let rev = cp
+        .get_json("/v1/namespaces/default/revisions/tuned-00001")
+        .await;
+    let anns = &rev["metadata"]["annotations"];
+    assert_eq!(
+        anns["autoscaling.knative.dev/scale-to-zero-grace-period"],
+        "10s"
+    );
+    assert_eq!(anns["autoscaling.knative.dev/max-scale-up-rate"], "5");
+    assert_eq!(anns["autoscaling.knative.dev/max-scale-down-rate"], "3");
+
+    let bad = tuned(
+        r#""autoscaling.knative.dev/max-scale-up-rate":"5""#,
+        r#""autoscaling.knative.dev/scale-to-zero-grace-period":"0s",
+           "autoscaling.knative.dev/max-scale-up-rate":"1",
+           "autoscaling.knative.dev/max-scale-down-rate":"fast",
+           "autoscaling.knative.dev/window":"5s""#,
+    );
+    let (status, body) = put_service(&cp, &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let mut fields: Vec<String> = body["details"]["causes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["field"].as_str().map(str::to_string))
+        .collect();
+    fields.sort();
+    let t = "spec.template.metadata.annotations.autoscaling.knative.dev";
+    assert_eq!(
+        fields,
+        [
+            "metadata.annotations.autoscaling.knative.dev/max-scale-up-rate".to_string(),
+            format!("{t}/max-scale-down-rate"),
+            format!("{t}/max-scale-up-rate"),
+            format!("{t}/scale-to-zero-grace-period"),
+            format!("{t}/window"),
+        ],
+        "{body}"
+    );
+    // Nothing changed.
+    let rev = cp
+        .get_json("/v1/namespaces/default/revisions/tuned-00001")
+        .await;
+    assert_eq!(
+        rev["metadata"]["annotations"]["autoscaling.knative.dev/window"],
+        "20s"
+    );
+}

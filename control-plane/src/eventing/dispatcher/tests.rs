@@ -75,6 +75,7 @@ fn trigger(name: &str, url: &str, ty: Option<&str>) -> Arc<TriggerDef> {
         filter: Filter::compile(Some(&attrs), &[]).expect("filter"),
         subscriber: url.into(),
         delivery: DeliveryPolicy::default(),
+        source: serde_json::Value::Null,
     })
 }
 
@@ -160,9 +161,9 @@ async fn filters_replies_and_a_stuck_trigger_does_not_block_others() {
     log.append(evs).await.expect("append");
 
     // 20 events + 10 replies reach "all"; "orders" gets its 10.
-    wait_for("deliveries", || TriggerStats::get(&all.delivered) == 30).await;
-    wait_for("orders", || TriggerStats::get(&orders.delivered) == 10).await;
-    assert_eq!(TriggerStats::get(&orders.replies), 10);
+    wait_for("deliveries", || all.delivered.get() == 30).await;
+    wait_for("orders", || orders.delivered.get() == 10).await;
+    assert_eq!(orders.replies.get(), 10);
     let got = fake.got.lock().expect("lock").clone();
     assert!(got
         .iter()
@@ -213,7 +214,7 @@ async fn restart_resumes_from_the_saved_cursor() {
         fake.clone(),
         &stop,
     );
-    wait_for("3 deliveries", || TriggerStats::get(&stats.delivered) == 3).await;
+    wait_for("3 deliveries", || stats.delivered.get() == 3).await;
     let ids: Vec<String> = fake
         .got
         .lock()

@@ -704,6 +704,29 @@ impl EventLog for FileLog {
         }
         .boxed()
     }
+
+    fn delete_all(&self) -> BoxFuture<'_, Result<(), LogError>> {
+        async move {
+            {
+                // The writer checks this before every batch, so nothing
+                // is acknowledged into a directory that is going away.
+                let mut st = self.shared.lock();
+                st.poisoned = Some("the broker was deleted".into());
+                st.cursors.clear();
+                st.cache.clear();
+                st.cache_bytes = 0;
+            }
+            let dir = self.shared.dir.clone();
+            tokio::task::spawn_blocking(move || match fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(LogError::io(dir.display().to_string(), e)),
+            })
+            .await
+            .map_err(|e| LogError::Backend(format!("delete task: {e}")))?
+        }
+        .boxed()
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,8 @@ struct Append {
 
 struct Shared {
     stream: stream::Stream,
+    stream_name: String,
+    cursors_name: String,
     subject: String,
     cursors: stream::Stream,
     cursor_prefix: String,
@@ -139,6 +141,8 @@ impl JetStreamLog {
         let (end_tx, _) = watch::channel(last);
         let shared = Arc::new(Shared {
             stream,
+            stream_name: name,
+            cursors_name: cname,
             subject,
             cursors,
             cursor_prefix,
@@ -355,6 +359,20 @@ impl EventLog for JetStreamLog {
         async move {
             check_cursor_name(&name)?;
             self.put_cursor(&name, Bytes::new()).await
+        }
+        .boxed()
+    }
+
+    fn delete_all(&self) -> BoxFuture<'_, Result<(), LogError>> {
+        async move {
+            for name in [&self.shared.stream_name, &self.shared.cursors_name] {
+                self.shared
+                    .js
+                    .delete_stream(name)
+                    .await
+                    .map_err(|e| backend(&format!("deleting stream {name}"), e))?;
+            }
+            Ok(())
         }
         .boxed()
     }

@@ -121,6 +121,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// Forgets a consumer (its trigger was deleted), so retention no longer
     /// waits for it.
     fn remove_cursor(&self, name: &str) -> BoxFuture<'_, Result<(), LogError>>;
+
+    /// Deletes every record and cursor: the log's broker was deleted.
+    /// Appends after this fail.
+    fn delete_all(&self) -> BoxFuture<'_, Result<(), LogError>>;
 }
 
 /// Cursor names become file names (embedded) or consumer names (NATS).

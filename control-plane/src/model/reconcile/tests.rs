@@ -2,6 +2,7 @@
 //! documented behaviour.
 
 use super::*;
+use crate::autoscaler::config::KPA_CLASS as KPA;
 use crate::model::manifest;
 use crate::model::serving::RevisionTemplate;
 use crate::model::Manifest;
@@ -45,7 +46,7 @@ fn paths(s: &Service) -> Vec<String> {
 /// Applies `s` over `existing`, then folds the result into it (what the
 /// store would hold afterwards).
 fn apply(existing: &mut Existing, s: Service) -> Result<ApplyPlan, ApplyError> {
-    let plan = plan_service_apply(s, existing, NOW)?;
+    let plan = plan_service_apply(s, existing, &GlobalConfig::default(), NOW)?;
     existing.service = Some(plan.service.clone());
     existing.configuration = Some(plan.configuration.clone());
     existing.route = Some(plan.route.clone());
@@ -212,10 +213,103 @@ fn autoscaling_annotations_belong_on_the_template_and_are_checked() {
         vec![
             "spec.template.metadata.annotations.autoscaling.knative.dev/tagret",
             "spec.template.metadata.annotations.autoscaling.knative.dev/target",
-            "spec.template.metadata.annotations.autoscaling.knative.dev/min-scale",
+            "spec.template.metadata.annotations.autoscaling.knative.dev/max-scale",
         ],
         "{:?}",
         errors(&s)
+    );
+}
+
+/// Knative's value rules and bounds for every annotation the autoscaler
+/// reads (Ferry's per-revision extras included): a bad value is an error
+/// at that annotation's path; a good one passes.
+#[test]
+fn every_autoscaling_annotation_value_is_checked() {
+    let cases = [
+        ("class", "hpa.autoscaling.knative.dev", KPA),
+        ("metric", "cpu", "concurrency"),
+        ("target", "0.001", "0.5"),
+        ("target-utilization-percentage", "101", "100"),
+        ("target-burst-capacity", "-2", "-1"),
+        ("window", "5s", "6s"),
+        ("window", "1.5s", "1h"),
+        ("panic-window-percentage", "0.5", "1"),
+        ("panic-threshold-percentage", "100", "1000"),
+        ("min-scale", "-1", "0"),
+        ("max-scale", "x", "3"),
+        ("initial-scale", "-1", "2"),
+        ("activation-scale", "1", "2"),
+        ("scale-down-delay", "1.5s", "1h"),
+        ("scale-to-zero-pod-retention-period", "61m", "0s"),
+        (
+            "metric-aggregation-algorithm",
+            "mean",
+            "weightedExponential",
+        ),
+        ("scale-to-zero-grace-period", "0s", "500ms"),
+        ("max-scale-up-rate", "1", "1.5"),
+        ("max-scale-down-rate", "0.5", "2"),
+        ("minScale", "-3", "1"),
+        ("targetBurstCapacity", "x", "0"),
+    ];
+    for (key, bad, good) in cases {
+        let mut s = base("");
+        let annotation = format!("autoscaling.knative.dev/{key}");
+        s.spec
+            .template
+            .metadata
+            .annotations
+            .insert(annotation.clone(), bad.into());
+        assert_eq!(
+            paths(&s),
+            vec![format!("spec.template.metadata.annotations.{annotation}")],
+            "{key}: {bad:?}"
+        );
+        s.spec
+            .template
+            .metadata
+            .annotations
+            .insert(annotation, good.into());
+        assert_eq!(errors(&s), Vec::new(), "{key}: {good:?}");
+    }
+    // Knative's defaults forbid a zero initial scale; a cluster allowing
+    // it accepts one.
+    let mut s = base("");
+    s.spec
+        .template
+        .metadata
+        .annotations
+        .insert("autoscaling.knative.dev/initial-scale".into(), "0".into());
+    assert_eq!(
+        paths(&s),
+        vec!["spec.template.metadata.annotations.autoscaling.knative.dev/initial-scale"]
+    );
+    let allowing = GlobalConfig {
+        allow_zero_initial_scale: true,
+        ..GlobalConfig::default()
+    };
+    assert_eq!(s.validate_with(&allowing), Ok(()));
+    // Keys that come from the revision itself are not annotations.
+    let mut s = base("");
+    s.spec.template.metadata.annotations.insert(
+        "autoscaling.knative.dev/container-concurrency".into(),
+        "1".into(),
+    );
+    let e = errors(&s);
+    assert!(
+        e.len() == 1 && e[0].1.contains("containerConcurrency"),
+        "{e:?}"
+    );
+    // Ferry's per-revision extras are refused on the Service's own
+    // metadata like every autoscaling annotation.
+    let mut s = base("");
+    s.metadata.annotations.insert(
+        "autoscaling.knative.dev/scale-to-zero-grace-period".into(),
+        "10s".into(),
+    );
+    assert_eq!(
+        paths(&s),
+        vec!["metadata.annotations.autoscaling.knative.dev/scale-to-zero-grace-period"]
     );
 }
 
@@ -629,19 +723,9 @@ fn template_comparison_ignores_nothing_that_matters() {
 }
 
 #[test]
-fn durations_parse_like_go_and_iso8601() {
-    use std::time::Duration;
-    assert_eq!(
-        serving::parse_go_duration("1m30s"),
-        Some(Duration::from_secs(90))
-    );
-    assert_eq!(
-        serving::parse_go_duration("500ms"),
-        Some(Duration::from_millis(500))
-    );
-    assert_eq!(serving::parse_go_duration("5"), None);
-    assert_eq!(serving::parse_go_duration("1x"), None);
+fn durations_parse_like_iso8601() {
     use crate::model::eventing::parse_iso8601_duration as iso;
+    use std::time::Duration;
     assert_eq!(iso("PT0.5S"), Some(Duration::from_millis(500)));
     assert_eq!(iso("P1DT1H1M1S"), Some(Duration::from_secs(90_061)));
     assert_eq!(iso("PT"), None);

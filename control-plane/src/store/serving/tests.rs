@@ -163,6 +163,8 @@ async fn concurrent_applies_of_one_service_each_stamp_a_revision() {
 async fn eventing_objects_keep_their_status_across_applies() {
     let dir = TestDir::new("serving");
     let s = open(&dir);
+    let broker = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n";
+    assert_eq!(apply_all(&s, broker).await, vec![Outcome::Created]);
     let trigger = "apiVersion: eventing.knative.dev/v1
 kind: Trigger
 metadata: {name: t}

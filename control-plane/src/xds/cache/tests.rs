@@ -507,3 +507,51 @@ async fn debounce_publishes_the_last_of_a_burst_once() {
     drop(tx);
     let _ = task.await;
 }
+
+#[test]
+fn disconnected_nodes_are_kept_a_while_then_dropped() {
+    let clock = crate::clock::ManualClock::new();
+    let retention = Retention {
+        keep: Duration::from_secs(600),
+        max_disconnected: 2,
+    };
+    let reg = Arc::new(NodeRegistry::with_clock(
+        XdsMetrics::new(),
+        Arc::new(clock.clone()),
+        retention,
+    ));
+    let listed = |reg: &NodeRegistry| -> Vec<(String, bool)> {
+        reg.nodes()
+            .into_iter()
+            .map(|n| (n.id, n.connected))
+            .collect()
+    };
+    let a = reg.connect(&NodeKey::new("a", "c"), Mode::Sotw);
+    let b = reg.connect(&NodeKey::new("b", "c"), Mode::Delta);
+    drop(a);
+    clock.advance(Duration::from_secs(300));
+    assert_eq!(
+        listed(&reg),
+        [("a".to_string(), false), ("b".to_string(), true)]
+    );
+    clock.advance(Duration::from_secs(301));
+    assert_eq!(listed(&reg), [("b".to_string(), true)], "a is past keep");
+
+    // A node that comes back is connected again and no longer ages.
+    drop(b);
+    clock.advance(Duration::from_secs(500));
+    let b = reg.connect(&NodeKey::new("b", "c"), Mode::Delta);
+    clock.advance(Duration::from_secs(500));
+    assert_eq!(listed(&reg), [("b".to_string(), true)]);
+    drop(b);
+
+    // Bounded: beyond max_disconnected the oldest goes first.
+    for id in ["x", "y", "z"] {
+        drop(reg.connect(&NodeKey::new(id, "c"), Mode::Sotw));
+        clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(
+        listed(&reg),
+        [("y".to_string(), false), ("z".to_string(), false)]
+    );
+}

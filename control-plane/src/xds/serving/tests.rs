@@ -162,3 +162,122 @@ async fn revision_clusters_carry_the_activator_metadata() {
     );
     assert_eq!(ferry.fields.len(), 4);
 }
+
+/// Sidecars get the gateway's clusters and virtual hosts under their own
+/// route configuration, and their own outbound listener instead of the
+/// gateway's.
+#[tokio::test]
+async fn sidecars_get_the_mesh_routes_and_their_own_outbound_listener() {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+    let (s, _dir) = hello().await;
+    let snap = s.snapshot(None).await.unwrap_or_default();
+    let both = serving_resources(&gw(), &snap, &BTreeMap::new());
+    let outbound = SocketAddr::from(([127, 0, 0, 1], 41234));
+    let side = sidecar_resources(&both.sidecar, outbound);
+
+    for t in [ResourceType::Cluster, ResourceType::Endpoint] {
+        assert_eq!(
+            side.get(t).version,
+            both.gateway.get(t).version,
+            "{t}: the same revision clusters"
+        );
+    }
+    let names = |r: &Resources, t| -> Vec<String> { r.get(t).resources.keys().cloned().collect() };
+    assert_eq!(names(&side, ResourceType::Listener), [OUTBOUND]);
+    assert_eq!(names(&side, ResourceType::Route), [OUTBOUND]);
+    assert_eq!(names(&both.gateway, ResourceType::Listener), [GATEWAY]);
+
+    let body = |r: &Resources, t, n: &str| {
+        r.get(t)
+            .resources
+            .get(n)
+            .map(|x| x.body.value.clone())
+            .unwrap_or_else(|| panic!("no {t} {n}"))
+    };
+    let l = Listener::decode(body(&side, ResourceType::Listener, OUTBOUND).as_slice())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sa = l
+        .address
+        .and_then(|a| a.address)
+        .map(|a| match a {
+            envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s) => {
+                (s.address, s.port_specifier)
+            }
+            other => panic!("{other:?}"),
+        })
+        .unwrap_or_else(|| panic!("no address"));
+    assert_eq!(sa.0, "127.0.0.1");
+    assert_eq!(
+        format!("{:?}", sa.1),
+        format!(
+            "{:?}",
+            Some(
+                envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
+                    41234
+                )
+            )
+        )
+    );
+    let mesh = RouteConfiguration::decode(body(&side, ResourceType::Route, OUTBOUND).as_slice())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gateway =
+        RouteConfiguration::decode(body(&both.gateway, ResourceType::Route, GATEWAY).as_slice())
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mesh.name, OUTBOUND);
+    assert_eq!(mesh.virtual_hosts, gateway.virtual_hosts);
+    assert_eq!(mesh.virtual_hosts.len(), 2);
+}
+
+/// A registered sidecar's node is pinned to its own snapshot before it
+/// connects, follows model changes, and leaves the mesh when it is gone;
+/// other nodes keep the gateway's.
+#[tokio::test]
+async fn registered_sidecars_are_pinned_and_follow_the_model() {
+    use crate::scaler::Mesh;
+
+    let (s, _dir) = hello().await;
+    let snap = s.snapshot(None).await.unwrap_or_default();
+    let first = serving_resources(&gw(), &snap, &BTreeMap::new());
+    let cache = Arc::new(SnapshotCache::new(Arc::new(first.gateway)));
+    let sidecars = Sidecars::new(cache.clone(), "http://127.0.0.1:1".into(), first.sidecar);
+    let outbound = SocketAddr::from(([127, 0, 0, 1], 41000));
+    sidecars.register("hello-v1-1", outbound);
+    assert_eq!(
+        sidecars.registered(),
+        [("hello-v1-1".to_string(), outbound)]
+    );
+
+    let node = cache.watch(&sidecar_node("hello-v1-1"));
+    let listeners = |rx: &tokio::sync::watch::Receiver<Arc<Resources>>| -> Vec<String> {
+        rx.borrow()
+            .get(ResourceType::Listener)
+            .resources
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(listeners(&node), [OUTBOUND]);
+    let other = cache.watch(&NodeKey::new("gateway", ""));
+    assert_eq!(listeners(&other), [GATEWAY]);
+    // Same id, another node cluster: not a sidecar.
+    let not_sidecar = cache.watch(&NodeKey::new("hello-v1-1", "elsewhere"));
+    assert_eq!(listeners(&not_sidecar), [GATEWAY]);
+
+    // An endpoint arrives: the sidecar's EDS follows.
+    let mut eps = BTreeMap::new();
+    eps.insert(
+        ("default".to_string(), "hello-v2".to_string()),
+        vec![SocketAddr::from(([127, 0, 0, 1], 40002))],
+    );
+    let eds_before = node.borrow().get(ResourceType::Endpoint).version.clone();
+    sidecars.set_base(serving_resources(&gw(), &snap, &eps).sidecar);
+    let eds_after = node.borrow().get(ResourceType::Endpoint).version.clone();
+    assert_ne!(eds_before, eds_after);
+    assert_eq!(listeners(&node), [OUTBOUND]);
+
+    sidecars.unregister("hello-v1-1");
+    assert!(sidecars.registered().is_empty());
+    assert_eq!(listeners(&node), [GATEWAY]);
+}

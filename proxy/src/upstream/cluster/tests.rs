@@ -367,8 +367,8 @@ fn health_state_survives_a_rebuild_unless_the_checks_change() {
     );
     // Same pools and breakers too.
     assert!(Arc::ptr_eq(
-        &endpoint(&old, 1).pool,
-        &endpoint(&new, 1).pool
+        endpoint(&old, 1).pool(),
+        endpoint(&new, 1).pool()
     ));
     assert!(Arc::ptr_eq(old.breakers().state(), new.breakers().state()));
 
@@ -413,7 +413,7 @@ fn dns_refresh_applies_a_changed_answer_and_keeps_it_on_failure() {
     let mut cfg = base("dns", LbPolicy::RoundRobin);
     cfg.kind = ClusterKind::StrictDns;
     let c = build(&cfg, 2, &reg);
-    let kept_pool = endpoint(&c, 1).pool.clone();
+    let kept_pool = endpoint(&c, 1).pool().clone();
     let addrs = |c: &Arc<Cluster>| -> Vec<SocketAddr> {
         c.hosts.load().endpoints.iter().map(|e| e.addr).collect()
     };
@@ -426,7 +426,7 @@ fn dns_refresh_applies_a_changed_answer_and_keeps_it_on_failure() {
     let now = addrs(&c);
     assert_eq!(now, [targets(3)[1].addr, targets(3)[2].addr]);
     assert!(
-        Arc::ptr_eq(&endpoint(&c, 0).pool, &kept_pool),
+        Arc::ptr_eq(endpoint(&c, 0).pool(), &kept_pool),
         "an address that stayed keeps its pool"
     );
     assert!(pickable(&c).contains(&targets(3)[2].addr));
@@ -434,4 +434,55 @@ fn dns_refresh_applies_a_changed_answer_and_keeps_it_on_failure() {
     // A failed lookup keeps what is serving.
     apply_resolved(&c, Err(ConfigError::new("x", "lookup failed")), &mut last);
     assert_eq!(addrs(&c), now);
+}
+
+fn live_pools(reg: &PoolRegistry) -> usize {
+    reg.pools
+        .lock()
+        .map(|p| p.values().filter(|w| w.strong_count() > 0).count())
+        .unwrap_or(0)
+}
+
+/// A sidecar holds every endpoint of the mesh and talks to few: pools are
+/// made on first use, and a rebuild takes over the live ones.
+#[test]
+fn pools_are_made_on_first_use_and_survive_a_rebuild() {
+    let reg = Arc::new(PoolRegistry::default());
+    let cfg = base("lazy", LbPolicy::RoundRobin);
+    let old = build(&cfg, 3, &reg);
+    assert_eq!(live_pools(&reg), 0);
+    assert_eq!(endpoint(&old, 1).idle_connections(), 0);
+    assert_eq!(live_pools(&reg), 0, "counting idle connections makes no pool");
+
+    let used = Arc::downgrade(endpoint(&old, 1).pool());
+    assert_eq!(live_pools(&reg), 1);
+    // The new build holds the live pool itself, so dropping the old build
+    // (the config swap) does not close its connections.
+    let new = build(&cfg, 3, &reg);
+    drop(old);
+    let kept = used.upgrade().expect("the pool outlives the old build");
+    assert!(Arc::ptr_eq(endpoint(&new, 1).pool(), &kept));
+    assert_eq!(live_pools(&reg), 1, "endpoints never used still have none");
+
+    // A change of connection settings is a new pool.
+    let mut other = cfg.clone();
+    other.connect_timeout = Some(Dur(Duration::from_millis(250)));
+    let changed = build(&other, 3, &reg);
+    assert!(!Arc::ptr_eq(endpoint(&changed, 1).pool(), &kept));
+}
+
+#[test]
+fn endpoints_share_one_health_state_when_nothing_tracks_health() {
+    let reg = Arc::new(PoolRegistry::default());
+    let plain = build(&base("plain", LbPolicy::RoundRobin), 3, &reg);
+    assert!(Arc::ptr_eq(&endpoint(&plain, 0).health, &endpoint(&plain, 2).health));
+    assert_eq!(plain.hosts.load().routable, 3);
+
+    let mut checked = base("checked", LbPolicy::RoundRobin);
+    checked.outlier_detection = Some(outlier(5, 100));
+    let checked = build(&checked, 3, &reg);
+    assert!(!Arc::ptr_eq(
+        &endpoint(&checked, 0).health,
+        &endpoint(&checked, 2).health
+    ));
 }

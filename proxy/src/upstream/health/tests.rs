@@ -244,7 +244,7 @@ fn cluster_for(
 
 async fn check_of(c: &Cluster, i: usize) -> Result<(), String> {
     let ep = c.hosts.load().endpoints[0].clone();
-    check(&ep.pool, &c.health_checks()[i], c.protocol, false).await
+    check(ep.pool(), &c.health_checks()[i], c.protocol, false).await
 }
 
 #[tokio::test]
@@ -290,7 +290,7 @@ async fn http_check_passes_fails_by_status_and_times_out() {
         let paths = srv.paths.lock().map(|p| p.clone()).unwrap_or_default();
         assert_eq!(paths.first().map(String::as_str), Some("/healthz"));
         // Checks never borrow from (or add to) the pool.
-        assert_eq!(c.hosts.load().endpoints[0].pool.idle_count(), 0);
+        assert_eq!(c.hosts.load().endpoints[0].idle_connections(), 0);
         assert_eq!(c.breakers().snapshot().connections, 0);
     }
 }

@@ -77,7 +77,7 @@ fn get() -> Request<ProxyBody> {
 #[tokio::test]
 async fn pending_tries_wait_for_a_returned_connection_and_are_bounded() {
     let c = cluster(server().await);
-    let pool = c.hosts.load().endpoints[0].pool.clone();
+    let pool = c.hosts.load().endpoints[0].pool().clone();
 
     let first = pool.send(get(), false).await;
     let Ok((_resp, Some(returner))) = first else {

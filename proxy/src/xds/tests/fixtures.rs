@@ -159,3 +159,40 @@ pub fn dur(secs: i64, nanos: i32) -> Option<envoy_types::pb::google::protobuf::D
 pub fn u32v(v: u32) -> Option<envoy_types::pb::google::protobuf::UInt32Value> {
     Some(envoy_types::pb::google::protobuf::UInt32Value { value: v })
 }
+
+/// A sidecar's route config: `vhosts` virtual hosts `svc-N` (domains
+/// `svc-N.mesh.local`, `svc-N`), each routing `/api/` to the next service
+/// and everything else to its own, except that the first one's catch-all
+/// goes to `first_catch_all`. Clusters are `svc-0` .. `svc-{clusters-1}`.
+pub fn mesh_routes(
+    name: &str,
+    vhosts: usize,
+    clusters: usize,
+    first_catch_all: &str,
+) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: (0..vhosts)
+            .map(|v| {
+                let own = format!("svc-{}", v % clusters);
+                let next = format!("svc-{}", (v + 1) % clusters);
+                let catch_all = if v == 0 {
+                    first_catch_all.to_string()
+                } else {
+                    own.clone()
+                };
+                VirtualHost {
+                    name: format!("vh-{v}"),
+                    domains: vec![format!("svc-{v}.mesh.local"), format!("svc-{v}")],
+                    routes: vec![
+                        route_to("/api/", &next),
+                        route_to("/static/", &own),
+                        route_to("/", &catch_all),
+                    ],
+                    ..Default::default()
+                }
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

@@ -243,10 +243,10 @@ fn hcm_maps_to_a_valid_model_listener() {
     let t = translate(&listener("l", 10000, "r")).expect("ok");
     let boot = config::Bootstrap {
         listeners: vec![t.listener],
-        routes: vec![config::RouteConfig {
+        routes: vec![std::sync::Arc::new(config::RouteConfig {
             name: "r".into(),
             virtual_hosts: vec![],
-        }],
+        })],
         ..Default::default()
     };
     assert_eq!(config::validate(&boot), Ok(()));

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod fixtures;
+mod incremental;
 mod listener;
 mod route;
 mod state;

@@ -267,14 +267,14 @@ async fn apply_errors_nack_and_keep_the_previous_config() {
 #[tokio::test]
 async fn static_resources_merge_with_xds_and_removals_apply() {
     let base = Bootstrap {
-        clusters: vec![config::Cluster {
+        clusters: vec![Arc::new(config::Cluster {
             name: "static-backend".into(),
             endpoints: vec![config::Endpoint {
                 address: "127.0.0.1:9".into(),
                 weight: 1,
             }],
             ..Default::default()
-        }],
+        })],
         ..Default::default()
     };
     let (mut st, applied) = state(base, Arc::default());
