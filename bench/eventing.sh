@@ -12,7 +12,8 @@
 # The load generator and the subscriber are Rust (tests/integration/tests/
 # eventing_bench.rs, ignored tests) and share the machine's cores with
 # ferry-control (release build), as producers and subscribers would on a
-# one-box setup.
+# one-box setup. The broker and its triggers are created as users create
+# them: `ferry-control apply` against the running `serve`.
 #
 # Usage: bench/eventing.sh [--secs S] [--conns C] [--no-build]
 # Env:   FERRY_BENCH_SECS, FERRY_BENCH_CONNS override the same settings.

@@ -466,7 +466,7 @@ def cmd_report(a):
                      f"{sf['median']:.0f} / {sf['max']:.0f}",
                      f"{se['median']:.0f} / {se['max']:.0f}" if se else "-", "<= 100", v))
     gate("reload_to_served", "propagation: ferry-control reload -> proxy serving")
-    gate("publish_to_served", "  same without ferry-control's 100 ms debounce: publish -> serving")
+    gate("publish_to_served", "  same without ferry-control's debounce: publish -> serving")
     for label, key in (("  reload -> publish (debounce) ms, median", "reload_to_publish"),
                        ("  publish -> response sent ms, median", "publish_to_sent"),
                        ("  sent -> proxy logged 'applied' ms, median", "sent_to_applied"),

@@ -373,4 +373,3 @@ async fn start_scaling(
     let (control_loop, handle) = ControlLoop::new(serving.clone(), scfg);
     Ok(Some((control_loop, ReportServer::new(handle))))
 }
-

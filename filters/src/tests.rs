@@ -157,7 +157,9 @@ fn body_hooks_are_known_at_build_time_per_route() {
     let (f, _, _) = run(&chain, None, &mut get(&[]));
     assert!(f.wants_request_body() && f.wants_response_body());
     assert!(!f.buffers_request_body());
-    let off = fx.route(&chain, None, "{b: {disabled: true}}").expect("route");
+    let off = fx
+        .route(&chain, None, "{b: {disabled: true}}")
+        .expect("route");
     let (f, _, _) = run(&chain, Some(&off), &mut get(&[]));
     assert!(
         !f.wants_request_body() && !f.wants_response_body(),
@@ -196,7 +198,10 @@ fn a_request_body_reply_returns_through_earlier_filters_only() {
     );
     let (mut f, _, _) = run(&chain, None, &mut get(&[]));
     let mut chunk = Bytes::from_static(b">");
-    assert!(matches!(f.on_request_body(&mut chunk, false), Flow::Continue));
+    assert!(matches!(
+        f.on_request_body(&mut chunk, false),
+        Flow::Continue
+    ));
     assert_eq!(chunk, ">abc");
     let mut chunk = Bytes::new();
     let Flow::Respond(r) = f.on_request_body(&mut chunk, true) else {

@@ -138,7 +138,9 @@ impl Active {
     /// cluster numbering are identical is shared, and a changed route config
     /// under the same numbering recompiles only its changed virtual hosts.
     /// An EDS update of two clusters in a mesh of a thousand then rebuilds
-    /// two, not a thousand; a one-route change recompiles one virtual host.
+    /// two, not a thousand; a one-route change recompiles one virtual host;
+    /// a cluster added or removed (which moves other clusters' indices)
+    /// copies compiled routes with the new indices instead of compiling them.
     /// Identity is checked first (an xDS config shares unchanged parts with
     /// the one it replaces), equality only when that fails.
     pub async fn build(
@@ -190,24 +192,43 @@ impl Active {
             }
         }
 
-        // Tables hold cluster indices: reused only when the numbering is too.
-        let prev_tables: HashMap<&str, (&Arc<crate::config::RouteConfig>, &Arc<RouteTable>)> =
-            prev.filter(|p| p.cluster_index == cluster_index)
-                .map(|p| {
-                    p.listeners
-                        .values()
-                        .filter_map(|l| {
-                            let name = l.config.route_config.as_deref()?;
-                            let rc = p.config.routes.iter().find(|rc| rc.name == name)?;
-                            Some((rc.name.as_str(), (rc, l.routes.as_ref()?)))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+        // Tables hold cluster indices: a previous table is shared whole only
+        // under the same numbering; otherwise its virtual hosts are taken
+        // over with their indices mapped to the new ones.
+        let same_numbering = prev.is_some_and(|p| p.cluster_index == cluster_index);
+        let renumbered: Vec<Option<usize>> = match prev {
+            Some(p) if !same_numbering => p
+                .clusters
+                .iter()
+                .map(|c| cluster_index.get(&*c.name).copied())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let renumber = |old: usize| -> Option<usize> {
+            if same_numbering {
+                Some(old)
+            } else {
+                renumbered.get(old).copied().flatten()
+            }
+        };
+        let prev_tables: HashMap<&str, (&Arc<crate::config::RouteConfig>, &Arc<RouteTable>)> = prev
+            .map(|p| {
+                p.listeners
+                    .values()
+                    .filter_map(|l| {
+                        let name = l.config.route_config.as_deref()?;
+                        let rc = p.config.routes.iter().find(|rc| rc.name == name)?;
+                        Some((rc.name.as_str(), (rc, l.routes.as_ref()?)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut tables: HashMap<&str, Arc<RouteTable>> = HashMap::new();
         for (i, rc) in boot.routes.iter().enumerate() {
             let old = prev_tables.get(rc.name.as_str());
-            if let Some((_, table)) = old.filter(|(o, _)| Arc::ptr_eq(o, rc) || **o == *rc) {
+            let unchanged =
+                old.filter(|(o, _)| same_numbering && (Arc::ptr_eq(o, rc) || **o == *rc));
+            if let Some((_, table)) = unchanged {
                 tables.insert(rc.name.as_str(), (*table).clone());
                 continue;
             }
@@ -215,7 +236,7 @@ impl Active {
             let path = format!("routes[{i}]");
             let built = match old {
                 Some((old_rc, old_table)) => {
-                    RouteTable::rebuild(rc, &path, &lookup, old_rc, old_table)
+                    RouteTable::rebuild(rc, &path, &lookup, old_rc, old_table, &renumber)
                 }
                 None => RouteTable::build(rc, &path, &lookup),
             };

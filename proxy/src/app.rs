@@ -353,10 +353,7 @@ fn xds_options(flags: &XdsFlags, boot: &Bootstrap) -> Result<Option<XdsOptions>,
 fn spawn_xds(
     opts: XdsOptions,
     static_base: Bootstrap,
-) -> std::io::Result<(
-    mpsc::Receiver<XdsApply>,
-    watch::Sender<Option<Bootstrap>>,
-)> {
+) -> std::io::Result<(mpsc::Receiver<XdsApply>, watch::Sender<Option<Bootstrap>>)> {
     let (tx, rx) = mpsc::channel::<XdsApply>(1);
     let (statics_tx, statics_rx) = watch::channel(None);
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -41,7 +41,7 @@ use crate::access_log::Completion;
 use crate::active::{Active, ListenerRt};
 use crate::config::UpstreamProtocol;
 use crate::error::{ErrorKind, ProxyError};
-use crate::http::body::ProxyBody;
+use crate::http::body::{BodyError, ProxyBody};
 use crate::http::filtered::{self, FilteredBody, Filters, SharedFilters, Unbuffered};
 use crate::http::headers::{is_upgrade, new_request_id, strip_hop_by_hop};
 use crate::http::replay::Replay;
@@ -97,6 +97,9 @@ struct Outcome {
     request_id: Option<HeaderValue>,
     /// A filter produced the response: its response hooks already ran.
     answered_by_filter: bool,
+    /// The filters the request body streams through; a try that failed
+    /// because one of their hooks answered is not retried.
+    body_hooks: Option<SharedFilters>,
 }
 
 pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ProxyBody> {
@@ -122,16 +125,21 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
     let mut resp =
         match route_and_forward(req, &conn, &active, &listener, &mut filters, &mut outcome).await {
             Ok(resp) => resp,
-            Err(e) => {
-                if e.kind.side() == crate::error::Side::Upstream {
-                    tracing::debug!(listener = %listener.name, error = %e, "upstream failure");
+            Err(e) => match body_hook_reply(&mut filters, &mut outcome) {
+                // The upstream request was abandoned for a request-body
+                // hook's reply.
+                Some(reply) => reply,
+                None => {
+                    if e.kind.side() == crate::error::Side::Upstream {
+                        tracing::debug!(listener = %listener.name, error = %e, "upstream failure");
+                    }
+                    outcome.flags = e.kind.flag();
+                    e.into_response()
                 }
-                outcome.flags = e.kind.flag();
-                e.into_response()
-            }
+            },
         };
     if let (Some(f), false) = (filters.as_mut(), outcome.answered_by_filter) {
-        resp = f.with(|f| response_filters(f, resp));
+        resp = response_filters(f, resp);
     }
     let status = resp.status().as_u16();
     listener.stats.rq.inc(status);
@@ -160,32 +168,36 @@ pub async fn handle(req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<Prox
         });
         resp = attach_completion(resp, completion);
     }
-    match (filters, outcome.answered_by_filter) {
-        // A local reply went through the body hooks already.
-        (Some(f), false) => response_body_hooks(f, resp),
-        _ => resp,
+    // A local reply went through the body hooks already. (Filters are
+    // looked at in place: moving them costs a copy on every request.)
+    let hooked = !outcome.answered_by_filter
+        && filters
+            .as_mut()
+            .is_some_and(|f| f.with(|f| f.wants_response_body()))
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        && !resp.body().is_end_stream();
+    if hooked {
+        if let Some(f) = filters {
+            resp = response_body_hooks(f, resp);
+        }
     }
+    resp
 }
 
-/// Passes the response body through the filters' response-body hooks when
-/// they have any; the body may change length, so `content-length` goes.
-fn response_body_hooks(mut f: Filters, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    let wanted = f.with(|f| f.wants_response_body());
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if !wanted || switching || resp.body().is_end_stream() {
-        return resp;
-    }
+/// Passes the response body through the filters' response-body hooks; the
+/// body may change length, so `content-length` goes.
+fn response_body_hooks(f: Filters, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
     resp.headers_mut().remove(header::CONTENT_LENGTH);
     let ex = f.into_shared();
     resp.map(|body| FilteredBody::response(body, ex))
 }
 
 /// The filters' response-head hooks; a filter may replace the response.
-fn response_filters(f: &mut RequestFilters, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+fn response_filters(f: &mut Filters, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    match f.on_response_head(&mut parts) {
+    match f.with(|f| f.on_response_head(&mut parts)) {
         Flow::Continue => Response::from_parts(parts, body),
-        Flow::Respond(reply) => f.local_response(reply).map(ProxyBody::full),
+        Flow::Respond(reply) => f.with(|f| f.local_response(reply)).map(ProxyBody::full),
     }
 }
 
@@ -289,30 +301,23 @@ async fn route_and_forward(
         let ctx = RequestCtx::new(conn.peer, req.version(), SystemTime::now());
         let mut f = lf.chain.start(ctx, lf.for_route(route.id));
         f.ctx_mut().request_id = Some(request_id);
-        let (mut head, body) = req.into_parts();
-        let answer = run_request_filters(&mut f, &mut head).await;
-        let (answer, body) = match answer {
-            None if f.buffers_request_body() && !body.is_end_stream() => {
-                // Boxed: only requests whose filters buffer pay for its
-                // state.
-                match Box::pin(filtered::read_whole(&mut f, body)).await {
-                    Ok((whole, len)) => {
-                        framed_as_buffered(&mut head.headers, &whole, len);
-                        (None, whole)
-                    }
-                    Err(Unbuffered::Answered(reply)) => (Some(reply), ProxyBody::Empty),
-                    Err(Unbuffered::Failed(e)) => {
-                        *filters = Some(Filters::Owned(f));
-                        return Err(ProxyError::with_cause(ErrorKind::BadRequest, e));
-                    }
+        let (mut head, mut body) = req.into_parts();
+        let mut answer = run_request_filters(&mut f, &mut head).await;
+        if answer.is_none() && f.buffers_request_body() && !body.is_end_stream() {
+            // Boxed: only requests whose filters buffer pay for its state.
+            match Box::pin(buffer_request_body(&mut f, &mut head, &mut body)).await {
+                Ok(reply) => answer = reply,
+                Err(e) => {
+                    *filters = Some(Filters::Owned(f));
+                    return Err(e);
                 }
             }
-            answer => (answer, body),
-        };
+        }
         req = Request::from_parts(head, body);
         let f = filters.insert(Filters::Owned(f));
         if let Some(reply) = answer {
-            return Ok(answered(f, reply, outcome));
+            outcome.answered_by_filter = true;
+            return Ok(f.with(|f| f.local_response(reply)).map(ProxyBody::full));
         }
     }
 
@@ -393,15 +398,9 @@ async fn route_and_forward(
         .then(|| request_body_hooks(filters, &mut req))
         .flatten();
 
-    let sent = send_with_retries(req, route, cluster, endpoint, hash, upgrade, hooked, outcome).await;
-    // A request-body hook answered: its reply replaces whatever the
-    // abandoned upstream request came to.
-    if let Some(reply) = filters.as_mut().and_then(Filters::take_reply) {
-        if let Some(f) = filters.as_mut() {
-            return Ok(answered(f, reply, outcome));
-        }
-    }
-    let (mut resp, returner, endpoint) = sent?;
+    outcome.body_hooks = hooked;
+    let (mut resp, returner, endpoint) =
+        send_with_retries(req, route, cluster, endpoint, hash, upgrade, outcome).await?;
     if let Some(f) = filters.as_mut() {
         f.with(|f| f.ctx_mut().upstream_host = Some(endpoint.addr));
     }
@@ -422,6 +421,20 @@ async fn route_and_forward(
     }))
 }
 
+/// A request-body hook's reply, which replaces whatever the abandoned
+/// upstream request came to (`send_with_retries` fails such a request).
+/// Out of line: rare, and kept off the common path's code.
+#[cold]
+#[inline(never)]
+fn body_hook_reply(
+    filters: &mut Option<Filters>,
+    outcome: &mut Outcome,
+) -> Option<Response<ProxyBody>> {
+    let f = filters.as_mut()?;
+    let reply = f.take_reply()?;
+    Some(answered(f, reply, outcome))
+}
+
 /// The response to a filter's local reply: it passes back through the
 /// filters before the one that answered, body hooks included.
 fn answered(f: &mut Filters, reply: LocalReply, outcome: &mut Outcome) -> Response<ProxyBody> {
@@ -429,15 +442,30 @@ fn answered(f: &mut Filters, reply: LocalReply, outcome: &mut Outcome) -> Respon
     f.with(|f| f.local_response(reply)).map(ProxyBody::full)
 }
 
-/// A body read whole goes upstream with its exact length (chunked only
-/// when it has trailers, which need it).
-fn framed_as_buffered(headers: &mut http::HeaderMap, body: &ProxyBody, len: u64) {
-    headers.remove(header::TRANSFER_ENCODING);
-    if matches!(body, ProxyBody::FullWithTrailers(..)) {
-        headers.remove(header::CONTENT_LENGTH);
+/// Reads the request body whole through the request-body hooks, for a
+/// filter that buffers it, and frames the request for it: its exact length
+/// goes upstream (chunked only when it has trailers, which need it).
+/// Some(reply): a hook answered.
+async fn buffer_request_body(
+    f: &mut RequestFilters,
+    head: &mut request::Parts,
+    body: &mut ProxyBody,
+) -> Result<Option<LocalReply>, ProxyError> {
+    let source = std::mem::replace(body, ProxyBody::Empty);
+    let (whole, len) = match filtered::read_whole(f, source).await {
+        Ok(read) => read,
+        Err(Unbuffered::Answered(reply)) => return Ok(Some(reply)),
+        Err(Unbuffered::Failed(e)) => return Err(ProxyError::with_cause(ErrorKind::BadRequest, e)),
+    };
+    head.headers.remove(header::TRANSFER_ENCODING);
+    if matches!(whole, ProxyBody::FullWithTrailers(..)) {
+        head.headers.remove(header::CONTENT_LENGTH);
     } else {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
+    *body = whole;
+    Ok(None)
 }
 
 /// Puts the request body on the filters' request-body hooks when they
@@ -448,8 +476,8 @@ fn request_body_hooks(
     filters: &mut Option<Filters>,
     req: &mut Request<ProxyBody>,
 ) -> Option<SharedFilters> {
-    let mut f = filters.take()?;
-    let (stream, response) = f.with(|f| {
+    // Looked at in place: moving the filters costs a copy per request.
+    let (stream, response) = filters.as_mut()?.with(|f| {
         (
             f.wants_request_body() && !f.buffers_request_body(),
             f.wants_response_body(),
@@ -457,10 +485,9 @@ fn request_body_hooks(
     });
     let stream = stream && !req.body().is_end_stream();
     if !stream && !response {
-        *filters = Some(f);
         return None;
     }
-    let ex = f.into_shared();
+    let ex = filters.take()?.into_shared();
     *filters = Some(Filters::Shared(ex.clone()));
     if !stream {
         return None;
@@ -531,7 +558,6 @@ async fn send_with_retries(
     first: Arc<Endpoint>,
     hash: Option<u64>,
     upgrade: bool,
-    hooked: Option<SharedFilters>,
     outcome: &mut Outcome,
 ) -> Result<Sent, ProxyError> {
     let (head, body) = req.into_parts();
@@ -594,6 +620,15 @@ async fn send_with_retries(
             r
         };
 
+        // A request-body hook answered: the try failed for that, not for
+        // the endpoint, and the caller sends the filter's reply instead of
+        // whatever came back.
+        if outcome.body_hooks.as_ref().is_some_and(filtered::answered) {
+            return Err(ProxyError::with_cause(
+                ErrorKind::UpstreamReset,
+                BodyError::Answered,
+            ));
+        }
         let failure = match &result {
             Ok((resp, _)) => {
                 let status = resp.status().as_u16();
@@ -620,11 +655,6 @@ async fn send_with_retries(
             }
         };
 
-        // A request-body hook answered: the try failed for that, and the
-        // caller sends the filter's reply.
-        if hooked.as_ref().is_some_and(filtered::answered) {
-            return result.map(|(r, ret)| (r, ret, endpoint));
-        }
         let retry = policy
             .filter(|p| p.should_retry(failure) && retries < p.num_retries && payload.can_replay());
         let Some(policy) = retry else {

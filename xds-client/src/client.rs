@@ -287,7 +287,6 @@ impl AdsClient {
             let body = self.config.cache_dir.is_some().then_some(any.value);
             raw.push((name, hash, body));
         }
-        drop(known);
         if !rejected.is_empty() {
             nack(out, st, node, &rejected);
             return;

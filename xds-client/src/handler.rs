@@ -210,6 +210,26 @@ impl Update {
         }
     }
 
+    /// [`Update::of`] as a subscription made with
+    /// [`AdsClient::watch_encoded`](crate::AdsClient::watch_encoded)
+    /// delivers it: each resource encoded.
+    pub fn of_encoded<T: XdsResource>(
+        version: impl Into<String>,
+        resources: Vec<T>,
+        removed: Vec<String>,
+    ) -> Update {
+        Update {
+            resources: resources
+                .into_iter()
+                .map(|r| {
+                    let name = r.resource_name().to_string();
+                    Decoded::new(name, String::new(), Box::new(Encoded(r.encode_to_vec())))
+                })
+                .collect(),
+            ..Update::of::<T>(version, Vec::new(), removed)
+        }
+    }
+
     pub fn is<T: XdsResource>(&self) -> bool {
         self.type_url == T::type_url()
     }

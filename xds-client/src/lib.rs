@@ -8,8 +8,13 @@
 //! reconnects, optionally persisted to a cache directory).
 //!
 //! Must not know: the proxy's config model, or what a resource means. It
-//! hands decoded resources to a [`Handler`] and turns the rejections it
-//! returns into a NACK; a rejected resource is never recorded as accepted.
+//! hands decoded resources to a [`Handler`] (or, for a type registered with
+//! [`AdsClient::watch_encoded`], their bytes, for the handler to decode only
+//! what it needs) and turns the rejections it returns into a NACK; a
+//! rejected resource is never recorded as accepted. A resource a response
+//! repeats byte for byte is not decoded again: the handler only gets its
+//! name ([`Update::unchanged`]). Of an accepted resource the client keeps its
+//! version and a hash, and its bytes only when a cache directory is set.
 //!
 //! ```no_run
 //! # use ferry_xds_client::*;

@@ -483,3 +483,78 @@ async fn cache_is_replayed_before_connecting() {
     task.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// (name, bytes) of each resource handed over.
+type SeenBytes = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Records what an encoded subscription hands over.
+#[derive(Clone, Default)]
+struct Bytes {
+    seen: SeenBytes,
+}
+
+impl Handler for Bytes {
+    async fn apply(&mut self, update: Update) -> Outcome {
+        if let Ok(mut s) = self.seen.lock() {
+            for (name, bytes) in update.encoded() {
+                s.push((name.to_string(), bytes.to_vec()));
+            }
+        }
+        Outcome::accept()
+    }
+}
+
+#[tokio::test]
+async fn an_encoded_subscription_hands_over_bytes_and_names() {
+    use ferry_xds_client::envoy_types::pb::envoy::config::route::v3::VirtualHost;
+    use prost::Message;
+
+    let mut server = FakeAdsServer::start().await.expect("server");
+    let handler = Bytes::default();
+    let client = match AdsClient::new(config(&server, Mode::Sotw)) {
+        Ok(c) => c.watch::<Cluster>().watch_encoded::<RouteConfiguration>(),
+        Err(e) => panic!("client: {e}"),
+    };
+    let task = {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            client.run(handler).await;
+        })
+    };
+    let cds = url::<Cluster>();
+    expect_sotw(&mut server, &cds).await;
+    let rc = RouteConfiguration {
+        name: "web".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // RDS is by name: the fake server answers whatever is pushed.
+    let n = server.push_sotw("r1", std::slice::from_ref(&rc));
+    let ack = expect_sotw(&mut server, &url::<RouteConfiguration>()).await;
+    assert_eq!(ack.response_nonce, n);
+    assert!(ack.error_detail.is_none());
+    let seen = handler.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(seen, [("web".to_string(), rc.encode_to_vec())]);
+
+    // Top-level fields that do not parse are still the client's to reject.
+    server.push_raw_sotw(
+        ferry_xds_client::envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
+            version_info: "r2".into(),
+            type_url: url::<RouteConfiguration>(),
+            nonce: "x2".into(),
+            resources: vec![ferry_xds_client::envoy_types::pb::google::protobuf::Any {
+                type_url: url::<RouteConfiguration>(),
+                value: vec![0x0a, 0xff],
+            }],
+            ..Default::default()
+        },
+    );
+    let nack = expect_sotw(&mut server, &url::<RouteConfiguration>()).await;
+    assert_eq!(nack.response_nonce, "x2");
+    assert!(nack.error_detail.is_some());
+    task.abort();
+}

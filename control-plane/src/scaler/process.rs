@@ -1005,8 +1005,7 @@ enum Probe {
 /// `GET /ready?wait=WAIT` on the sidecar's admin server: 200 as soon as it
 /// is ready within `wait` (a long-poll; `wait` 0 asks once).
 async fn sidecar_ready_within(admin: SocketAddr, wait: Duration) -> Probe {
-    let Ok(Ok(mut s)) = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(admin)).await
-    else {
+    let Ok(Ok(mut s)) = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(admin)).await else {
         return Probe::NoAdmin;
     };
     let probe = async {

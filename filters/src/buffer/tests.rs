@@ -23,7 +23,9 @@ fn asks_the_pipeline_to_buffer_the_request_body_only() {
     assert!(!f.wants_response_body());
 
     // Off on a route: the request takes the path without body hooks.
-    let route = fx.route(&chain, None, "{buffer: {disabled: true}}").expect("route");
+    let route = fx
+        .route(&chain, None, "{buffer: {disabled: true}}")
+        .expect("route");
     let (f, _, _) = run(&chain, Some(&route), &mut get(&[]));
     assert!(!f.buffers_request_body() && !f.wants_request_body());
 }
@@ -33,7 +35,11 @@ fn bodies_up_to_the_limit_pass_and_larger_ones_get_413() {
     let fx = fixture(1);
     let chain = fx.chain("- {name: buffer, config: {max_request_bytes: 10}}");
     let (mut f, _, _) = run(&chain, None, &mut get(&[]));
-    assert_eq!(body(&mut f, &["abcd", "efgh", "ij"]), Ok(()), "exactly 10 bytes");
+    assert_eq!(
+        body(&mut f, &["abcd", "efgh", "ij"]),
+        Ok(()),
+        "exactly 10 bytes"
+    );
 
     let (mut f, _, _) = run(&chain, None, &mut get(&[]));
     assert_eq!(body(&mut f, &["abcd", "efgh", "ijk"]), Err(413));

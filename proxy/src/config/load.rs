@@ -3,7 +3,7 @@
 use super::{Bootstrap, ConfigError, ConfigErrors};
 
 /// Parses a YAML config. Syntax and type errors come back with the field
-/// path (`listeners[0].address`); semantic checks are [`super::validate`]'s.
+/// path (`listeners[0].address`); semantic checks are [`super::validate()`]'s.
 pub fn parse_yaml(text: &str) -> Result<Bootstrap, ConfigErrors> {
     let de = serde_norway::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {

@@ -195,6 +195,9 @@ fn default_true() -> bool {
     true
 }
 
+/// Rare parts (redirects, direct responses, retry policies) are boxed: a
+/// mesh's route config holds tens of thousands of routes, nearly all of
+/// them forwarding without either.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
@@ -206,9 +209,9 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteAction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub redirect: Option<Redirect>,
+    pub redirect: Option<Box<Redirect>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_response: Option<DirectResponse>,
+    pub direct_response: Option<Box<DirectResponse>>,
     /// Per-filter overrides for this route, by filter name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub per_filter_config: BTreeMap<String, PerFilterConfig>,
@@ -308,7 +311,7 @@ pub struct RouteAction {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_policy: Vec<HashPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_policy: Option<RetryPolicy>,
+    pub retry_policy: Option<Box<RetryPolicy>>,
 }
 
 /// Envoy's retry policy.

@@ -603,7 +603,10 @@ impl<'a> Validator<'a> {
     /// errors, e.g. a pattern too big, carry the same path).
     fn regex(&mut self, path: &str, re: &str) {
         if let Err(e) = regex_syntax::Parser::new().parse(re) {
-            self.err(path, format!("invalid regex: {}", regex_error(&e.to_string())));
+            self.err(
+                path,
+                format!("invalid regex: {}", regex_error(&e.to_string())),
+            );
         }
     }
 

@@ -244,7 +244,10 @@ pub enum Unbuffered {
 /// Reads the whole request body, each chunk through the request-body hooks
 /// as it arrives, and returns it as one body with its trailers. The filter
 /// that asked bounds it (it answers when the body grows too large).
-pub async fn read_whole<B>(f: &mut RequestFilters, mut body: B) -> Result<(ProxyBody, u64), Unbuffered>
+pub async fn read_whole<B>(
+    f: &mut RequestFilters,
+    mut body: B,
+) -> Result<(ProxyBody, u64), Unbuffered>
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {

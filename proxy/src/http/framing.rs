@@ -136,7 +136,7 @@ impl Scanner {
     }
 
     pub fn is_off(&self) -> bool {
-        self.state == State::Off
+        matches!(self.state, State::Off)
     }
 
     /// Follows `data`, the next bytes of the stream.
@@ -174,7 +174,7 @@ impl Scanner {
         let h = &mut self.head;
         while pos < data.len() {
             let rest = &data[pos..];
-            let Some(nl) = memchr::memchr(b'\n', rest) else {
+            let Some(nl) = find_lf(rest) else {
                 h.len += rest.len();
                 if h.len > self.limit {
                     return Err(data.len() - 1);
@@ -342,6 +342,34 @@ fn chunk_step(c: Chunk, b: u8) -> Option<Step> {
         },
     };
     Some(Step::Next(next))
+}
+
+/// The first `\n` in `s`, eight bytes at a time. Head lines are short, so
+/// this beats a call into a vectorised search, whose set-up is paid per
+/// line.
+fn find_lf(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const LFS: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b) ^ LFS;
+        // The lowest set high bit marks the first zero byte of `x` (a
+        // borrow only ever marks bytes above a real zero).
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| at + i)
 }
 
 /// `n * 16 + digit(b)`; None for a non-hex byte or an overflow.

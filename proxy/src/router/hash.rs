@@ -13,13 +13,13 @@ use super::table::Errors;
 use super::RequestView;
 use crate::config::HashPolicy as HashPolicyConfig;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct HashPolicy {
     kind: Kind,
     terminal: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Kind {
     Header(HeaderSource),
     Cookie(Box<str>),

@@ -10,14 +10,14 @@ use super::table::Errors;
 use super::RequestView;
 use crate::config::{HeaderMatcher, QueryParameterMatcher, RouteMatch};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct RouteMatcher {
     pub(super) path: PathMatch,
     headers: Vec<HeaderMatch>,
     query: Vec<QueryMatch>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum PathMatch {
     /// Case-insensitive comparisons are ASCII-only, as Envoy's, so a match
     /// always covers exactly `prefix.len()` bytes of the path.
@@ -176,7 +176,7 @@ fn regex_error(e: regex::Error) -> String {
 /// Where a matched or hashed header value comes from. Pseudo-headers are
 /// read from the request view, and `host` is treated as `:authority` so a
 /// matcher works the same over HTTP/1.1 and HTTP/2.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum HeaderSource {
     Name(HeaderName),
     Authority,
@@ -225,14 +225,14 @@ impl HeaderSource {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct HeaderMatch {
     source: HeaderSource,
     kind: HeaderKind,
     invert: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum HeaderKind {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
@@ -318,13 +318,13 @@ fn compile_header(h: &HeaderMatcher, p: &str, errs: &mut Errors) -> Option<Heade
 /// Matched against the raw query string: names and values are compared
 /// without percent-decoding, so `a%20b=1` does not match a matcher named
 /// `a b`. The first occurrence of a parameter decides, as Envoy's.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct QueryMatch {
     name: Box<str>,
     kind: QueryKind,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum QueryKind {
     Exact(Box<str>),
     Regex(Regex),

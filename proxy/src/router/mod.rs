@@ -12,13 +12,13 @@
 
 mod hash;
 mod matcher;
+#[cfg(test)]
+mod rebuild_tests;
 mod redirect;
 mod retry;
 mod rewrite;
 mod split;
 mod table;
-#[cfg(test)]
-mod rebuild_tests;
 #[cfg(test)]
 mod tests;
 
@@ -63,9 +63,34 @@ pub struct RouteTable {
     domains: table::DomainIndex,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct VirtualHost {
     routes: Vec<Route>,
+}
+
+impl VirtualHost {
+    /// Whether `renumber` leaves every cluster index of its routes as is.
+    fn same_numbering(&self, renumber: &dyn Fn(usize) -> Option<usize>) -> bool {
+        self.routes.iter().all(|r| match &r.action {
+            Action::Cluster(i) => renumber(*i) == Some(*i),
+            Action::Weighted(w) => w.targets().all(|(i, _)| renumber(i) == Some(i)),
+            Action::Redirect(_) | Action::Direct(_) => true,
+        })
+    }
+
+    /// A copy with every cluster index `i` replaced by `renumber(i)`; None
+    /// when a cluster it names is gone.
+    fn renumbered(&self, renumber: &dyn Fn(usize) -> Option<usize>) -> Option<VirtualHost> {
+        let mut out = self.clone();
+        for r in &mut out.routes {
+            match &mut r.action {
+                Action::Cluster(i) => *i = renumber(*i)?,
+                Action::Weighted(w) => *w = w.renumbered(renumber)?,
+                Action::Redirect(_) | Action::Direct(_) => {}
+            }
+        }
+        Some(out)
+    }
 }
 
 impl RouteTable {
@@ -84,16 +109,27 @@ impl RouteTable {
     /// `prev_cfg`) each virtual host whose config is unchanged and at the
     /// same position: a one-route change in a mesh's 10,000-route config
     /// compiles one virtual host, not a thousand. The result is what
-    /// [`RouteTable::build`] would produce. `prev` must have been built
-    /// with the same cluster numbering (the indices in its actions).
+    /// [`RouteTable::build`] would produce.
+    ///
+    /// `renumber` maps a cluster index of `prev` to the same cluster's index
+    /// now (None: the cluster is gone). A taken-over virtual host whose
+    /// clusters kept their indices is shared; one whose clusters moved (a
+    /// cluster added or removed before them) is copied with the new indices,
+    /// which costs no compiling.
     pub fn rebuild(
         cfg: &RouteConfig,
         path: &str,
         cluster_index: &dyn Fn(&str) -> Option<usize>,
         prev_cfg: &RouteConfig,
         prev: &RouteTable,
+        renumber: &dyn Fn(usize) -> Option<usize>,
     ) -> Result<RouteTable, ConfigErrors> {
-        table::build(cfg, path, cluster_index, Some((prev_cfg, prev)))
+        let prev = table::Previous {
+            cfg: prev_cfg,
+            table: prev,
+            renumber,
+        };
+        table::build(cfg, path, cluster_index, Some(prev))
     }
 
     /// How many virtual hosts this table shares with `other` (the same
@@ -127,7 +163,7 @@ pub struct RouteId {
     pub route: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub id: RouteId,
     pub action: Action,
@@ -181,7 +217,7 @@ impl Route {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Action {
     /// Index into the active cluster list.
     Cluster(usize),
@@ -190,14 +226,14 @@ pub enum Action {
     Direct(DirectAction),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DirectAction {
     pub status: StatusCode,
     pub body: Bytes,
 }
 
 /// Header additions/removals compiled to `HeaderName`/`HeaderValue`.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
     pub remove: Vec<HeaderName>,
     /// (name, value, append)

@@ -15,10 +15,15 @@ fn cluster_index(name: &str) -> Option<usize> {
 /// sees (exact, prefix and regex paths, a split, timeouts, headers), the
 /// catch-all of the first one going to `first_catch_all`.
 fn mesh(n: usize, first_catch_all: &str) -> RouteConfig {
+    mesh_over(n, &CLUSTERS, first_catch_all)
+}
+
+/// [`mesh`] over the given clusters.
+fn mesh_over(n: usize, clusters: &[&str], first_catch_all: &str) -> RouteConfig {
     let mut yaml = String::from("name: mesh\nvirtual_hosts:\n");
     for v in 0..n {
-        let own = CLUSTERS[v % 4];
-        let next = CLUSTERS[(v + 1) % 4];
+        let own = clusters[v % clusters.len()];
+        let next = clusters[(v + 1) % clusters.len()];
         let catch_all = if v == 0 { first_catch_all } else { own };
         yaml.push_str(&format!(
             "- name: vh-{v}
@@ -47,7 +52,7 @@ fn build(cfg: &RouteConfig) -> RouteTable {
 }
 
 fn rebuild(cfg: &RouteConfig, prev_cfg: &RouteConfig, prev: &RouteTable) -> RouteTable {
-    match RouteTable::rebuild(cfg, "routes[0]", &cluster_index, prev_cfg, prev) {
+    match RouteTable::rebuild(cfg, "routes[0]", &cluster_index, prev_cfg, prev, &Some) {
         Ok(t) => t,
         Err(e) => panic!("rebuild failed:\n{e}"),
     }
@@ -115,7 +120,7 @@ fn errors_in_a_changed_virtual_host_are_those_of_a_fresh_build() {
     let before = mesh(3, "a");
     let old = build(&before);
     let after = mesh(3, "nope");
-    let rebuilt = RouteTable::rebuild(&after, "routes[0]", &cluster_index, &before, &old)
+    let rebuilt = RouteTable::rebuild(&after, "routes[0]", &cluster_index, &before, &old, &Some)
         .err()
         .map(|e| e.to_string());
     let fresh = RouteTable::build(&after, "routes[0]", &cluster_index)
@@ -123,4 +128,56 @@ fn errors_in_a_changed_virtual_host_are_those_of_a_fresh_build() {
         .map(|e| e.to_string());
     assert!(rebuilt.is_some());
     assert_eq!(rebuilt, fresh);
+}
+
+#[test]
+fn moved_clusters_are_renumbered_without_compiling() {
+    // Before, only "a", "c" and "d" existed (indices 0, 1, 2). Now "b" sits
+    // at 1 and pushes "c" and "d" up by one.
+    let before_index = |name: &str| ["a", "c", "d"].iter().position(|&c| c == name);
+    let cfg = mesh_over(9, &["a", "c", "d"], "a");
+    let old = match RouteTable::build(&cfg, "routes[0]", &before_index) {
+        Ok(t) => t,
+        Err(e) => panic!("build failed:\n{e}"),
+    };
+    let renumber = |i: usize| Some(if i == 0 { 0 } else { i + 1 });
+    let new = match RouteTable::rebuild(&cfg, "routes[0]", &cluster_index, &cfg, &old, &renumber) {
+        Ok(t) => t,
+        Err(e) => panic!("rebuild failed:\n{e}"),
+    };
+    assert_eq!(format!("{new:?}"), format!("{:?}", build(&cfg)));
+    assert_eq!(
+        cluster_for(&new, "svc-1.mesh.local", "/x"),
+        Some(2),
+        "c is 2 now"
+    );
+    // No virtual host names "a" alone (each also names the next service),
+    // so every one is a renumbered copy.
+    assert!(shared(&old, &new).iter().all(|s| !s));
+
+    // Same numbering: everything is shared.
+    let same = match RouteTable::rebuild(&cfg, "routes[0]", &cluster_index, &cfg, &new, &Some) {
+        Ok(t) => t,
+        Err(e) => panic!("rebuild failed:\n{e}"),
+    };
+    assert!(shared(&new, &same).iter().all(|s| *s));
+
+    // "c" is gone: the virtual hosts naming it compile again, and fail as a
+    // fresh build fails.
+    let without_c = |name: &str| ["a", "d"].iter().position(|&c| c == name);
+    let gone = |i: usize| match i {
+        0 => Some(0),
+        2 => Some(1),
+        _ => None,
+    };
+    let err = RouteTable::rebuild(&cfg, "routes[0]", &without_c, &cfg, &old, &gone)
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.is_some());
+    assert_eq!(
+        err,
+        RouteTable::build(&cfg, "routes[0]", &without_c)
+            .err()
+            .map(|e| e.to_string())
+    );
 }

@@ -9,7 +9,7 @@ use super::table::Errors;
 use super::RequestView;
 use crate::config::Redirect;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RedirectAction {
     status: StatusCode,
     /// Lowercased; None keeps the request's.
@@ -21,7 +21,7 @@ pub struct RedirectAction {
     strip_query: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum PathChange {
     Keep,
     /// `path_redirect`; a query in it replaces the request's, and

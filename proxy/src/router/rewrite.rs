@@ -5,7 +5,7 @@
 use super::matcher::PathMatch;
 use super::table::Errors;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct PathRewrite {
     /// Bytes of the path replaced; None: all of it.
     prefix_len: Option<usize>,

@@ -3,7 +3,7 @@
 use super::table::Errors;
 use crate::config::WeightedCluster;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WeightedClusters {
     /// (cluster index, cumulative weight up to and including it); entries of
     /// weight 0 are left out so they can never be picked.
@@ -36,6 +36,23 @@ impl WeightedClusters {
             let weight = end - prev;
             prev = end;
             (cluster, weight)
+        })
+    }
+
+    /// The same split over the clusters' new indices (see
+    /// `RouteTable::rebuild`); None when one of them is gone.
+    pub(super) fn renumbered(
+        &self,
+        renumber: &dyn Fn(usize) -> Option<usize>,
+    ) -> Option<WeightedClusters> {
+        let table = self
+            .table
+            .iter()
+            .map(|&(cluster, end)| Some((renumber(cluster)?, end)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(WeightedClusters {
+            table,
+            total: self.total,
         })
     }
 

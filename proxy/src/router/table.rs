@@ -71,13 +71,19 @@ impl Errors {
     }
 }
 
-/// `prev`: an earlier config and its table (same cluster numbering), whose
-/// virtual hosts are taken over where unchanged.
+/// An earlier config and its table, whose virtual hosts a build takes over
+/// where unchanged; `renumber` maps its cluster indices to the new ones.
+pub(super) struct Previous<'a> {
+    pub(super) cfg: &'a RouteConfig,
+    pub(super) table: &'a RouteTable,
+    pub(super) renumber: &'a dyn Fn(usize) -> Option<usize>,
+}
+
 pub(super) fn build(
     cfg: &RouteConfig,
     path: &str,
     cluster_index: &dyn Fn(&str) -> Option<usize>,
-    prev: Option<(&RouteConfig, &RouteTable)>,
+    prev: Option<Previous<'_>>,
 ) -> Result<RouteTable, ConfigErrors> {
     let mut errs = Errors::default();
     let mut vhosts = Vec::with_capacity(cfg.virtual_hosts.len());
@@ -86,11 +92,17 @@ pub(super) fn build(
         let p = format!("{path}.virtual_hosts[{i}]");
         domains.add(vh, i, &p, &mut errs);
         // Same position matters: route ids hold the virtual host's index.
-        let kept = prev.and_then(|(prev_cfg, table)| {
-            let old = prev_cfg.virtual_hosts.get(i)?;
-            (Arc::ptr_eq(old, vh) || **old == **vh)
-                .then(|| table.vhosts.get(i).cloned())
-                .flatten()
+        let kept = prev.as_ref().and_then(|p| {
+            let old = p.cfg.virtual_hosts.get(i)?;
+            if !(Arc::ptr_eq(old, vh) || **old == **vh) {
+                return None;
+            }
+            let compiled = p.table.vhosts.get(i)?;
+            if compiled.same_numbering(p.renumber) {
+                Some(compiled.clone())
+            } else {
+                compiled.renumbered(p.renumber).map(Arc::new)
+            }
         });
         if let Some(kept) = kept {
             vhosts.push(kept);

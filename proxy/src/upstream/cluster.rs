@@ -105,19 +105,18 @@ impl PoolContext {
     }
 
     fn make(&self, addr: SocketAddr, hostname: Option<&str>) -> Arc<Pool> {
-        self.registry
-            .get_or_make(self.key(addr, hostname), || {
-                let mut settings = self.settings.clone();
-                if let Some((connector, sni)) = &self.tls {
-                    // Checked when the cluster was built, so this fails only
-                    // for a name that was valid then; the IP is the safe
-                    // fallback (the handshake then fails visibly).
-                    let name = PoolContext::server_name(sni.as_deref(), hostname, addr)
-                        .unwrap_or(ServerName::IpAddress(addr.ip().into()));
-                    settings.tls = Some((connector.clone(), name));
-                }
-                Pool::new(addr, settings, self.stats.clone(), self.breakers.clone())
-            })
+        self.registry.get_or_make(self.key(addr, hostname), || {
+            let mut settings = self.settings.clone();
+            if let Some((connector, sni)) = &self.tls {
+                // Checked when the cluster was built, so this fails only
+                // for a name that was valid then; the IP is the safe
+                // fallback (the handshake then fails visibly).
+                let name = PoolContext::server_name(sni.as_deref(), hostname, addr)
+                    .unwrap_or(ServerName::IpAddress(addr.ip().into()));
+                settings.tls = Some((connector.clone(), name));
+            }
+            Pool::new(addr, settings, self.stats.clone(), self.breakers.clone())
+        })
     }
 }
 

@@ -127,13 +127,14 @@ where
     let mut config = AdsConfig::new(opts.server.clone(), &opts.node_id, &opts.node_cluster);
     config.mode = if opts.delta { Mode::Delta } else { Mode::Sotw };
     config.cache_dir = opts.cache_dir.clone();
-    // Envoy's order (CDS, EDS, LDS, RDS). Route configurations arrive
-    // encoded: a mesh's is one resource of thousands of routes, and only
-    // its changed virtual hosts are decoded (see `route`).
+    // Envoy's order (CDS, EDS, LDS, RDS). Resources arrive encoded: each is
+    // decoded only when translated, and dropped right after (see `state`),
+    // and a mesh's route configuration, one resource of thousands of
+    // routes, only in its changed virtual hosts (see `route`).
     let client = AdsClient::new(config)?
-        .watch::<Cluster>()
-        .watch::<ClusterLoadAssignment>()
-        .watch::<Listener>()
+        .watch_encoded::<Cluster>()
+        .watch_encoded::<ClusterLoadAssignment>()
+        .watch_encoded::<Listener>()
         .watch_encoded::<RouteConfiguration>();
     let state = Arc::new(Mutex::new(XdsState::new(
         static_base,

@@ -188,7 +188,12 @@ pub fn translate_rds_encoded(
     let mut out = route_config(&mut p, "", &head);
     let shared = SharedHeaders::new(&mut Problems::default(), "", &head);
     out.virtual_hosts = Vec::with_capacity(split.virtual_hosts.len());
-    for (i, (vh, hash)) in split.virtual_hosts.iter().zip(&hashes.virtual_hosts).enumerate() {
+    for (i, (vh, hash)) in split
+        .virtual_hosts
+        .iter()
+        .zip(&hashes.virtual_hosts)
+        .enumerate()
+    {
         let kept = prev.and_then(|(rc, h)| {
             (h.virtual_hosts.get(i) == Some(hash))
                 .then(|| rc.virtual_hosts.get(i).cloned())
@@ -329,7 +334,7 @@ fn virtual_host(p: &mut Problems, path: &str, vh: &VirtualHost) -> config::Virtu
             }
             if let (Some(action), Some(retry)) = (out.route.as_mut(), vh_retry.as_ref()) {
                 if action.retry_policy.is_none() {
-                    action.retry_policy = Some(retry.clone());
+                    action.retry_policy = Some(Box::new(retry.clone()));
                 }
             }
             out
@@ -395,7 +400,7 @@ fn route(p: &mut Problems, path: &str, r: &Route) -> config::Route {
             out.route = Some(route_action(p, &format!("{path}.route"), a))
         }
         Some(route::Action::Redirect(a)) => {
-            out.redirect = Some(redirect(p, &format!("{path}.redirect"), a))
+            out.redirect = Some(Box::new(redirect(p, &format!("{path}.redirect"), a)))
         }
         Some(route::Action::DirectResponse(d)) => {
             let dpath = format!("{path}.direct_response");
@@ -419,10 +424,10 @@ fn route(p: &mut Problems, path: &str, r: &Route) -> config::Route {
             if d.body_format.is_some() {
                 p.unsupported(format!("{dpath}.body_format"), "a formatted body");
             }
-            out.direct_response = Some(config::DirectResponse {
+            out.direct_response = Some(Box::new(config::DirectResponse {
                 status: u16::try_from(d.status).unwrap_or(0),
                 body,
-            });
+            }));
         }
         Some(route::Action::FilterAction(_)) => {
             p.unsupported(format!("{path}.filter_action"), "a filter action")
@@ -704,7 +709,11 @@ fn route_action(p: &mut Problems, path: &str, a: &RouteAction) -> config::RouteA
         ),
     }
     if let Some(r) = &a.retry_policy {
-        out.retry_policy = Some(retry_policy(p, &format!("{path}.retry_policy"), r));
+        out.retry_policy = Some(Box::new(retry_policy(
+            p,
+            &format!("{path}.retry_policy"),
+            r,
+        )));
     }
     if a.retry_policy_typed_config.is_some() {
         p.unsupported(

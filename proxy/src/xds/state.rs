@@ -41,13 +41,13 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use ferry_xds_client::{Handler, Outcome, Rejected, Update};
+use ferry_xds_client::{Handler, Outcome, Rejected, Update, XdsResource};
 use prost::Message;
 
 use super::cluster::{translate_cla, translate_cluster, XdsCluster};
 use super::listener::{translate_listener, XdsListener};
 use super::route::{translate_rds_encoded, RdsHashes};
-use crate::config::{self, Bootstrap, ConfigErrors, Validated};
+use crate::config::{self, Bootstrap, ConfigError, ConfigErrors, Validated};
 
 /// Where each entry of an assembled Bootstrap section came from, so a
 /// validation error at `clusters[3]` can name the resource to NACK.
@@ -299,13 +299,36 @@ impl Assembled {
     }
 }
 
+/// The update's resources of type `T`, each decoded only when the loop gets
+/// to it and dropped after it: a decoded resource is several times the size
+/// of its translation (a ClusterLoadAssignment of 20 endpoints is ~10 KiB of
+/// protos), and a mesh's first EDS update holds a thousand of them.
+/// Resources arrive encoded, as the proxy subscribes; an update made by
+/// hand carries them decoded. `Err` is the NACK sentence.
+fn one_by_one<'u, T: XdsResource + Clone>(
+    update: &'u Update,
+) -> impl Iterator<Item = (&'u str, Result<Cow<'u, T>, String>)> + 'u {
+    let kind = T::NAME;
+    let encoded = update.encoded().into_iter().map(move |(name, bytes)| {
+        let decoded = T::decode(bytes)
+            .map(Cow::Owned)
+            .map_err(|e| format!("{kind} {name:?}: cannot decode: {e}"));
+        (name, decoded)
+    });
+    let typed = update
+        .typed::<T>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, t)| (name, Ok(Cow::Borrowed(t))));
+    encoded.chain(typed)
+}
+
 /// Whether two assembled configs are the same: shared parts compare by
 /// pointer, the rest (listeners, a few) by value.
 fn same_config(a: &Bootstrap, b: &Bootstrap) -> bool {
     fn same<T: PartialEq>(x: &[Arc<T>], y: &[Arc<T>]) -> bool {
         x.len() == y.len()
-            && x
-                .iter()
+            && x.iter()
                 .zip(y)
                 .all(|(p, q)| Arc::ptr_eq(p, q) || **p == **q)
     }
@@ -346,9 +369,9 @@ where
     fn candidate(&self, update: &Update) -> Result<Resources, Vec<Rejected>> {
         let mut next = self.resources.clone();
         let mut rejected = Vec::new();
-        if let Some(list) = update.typed::<Listener>() {
-            for (name, l) in list {
-                match translate_listener(l, &self.runtime_dir) {
+        if update.is::<Listener>() {
+            for (name, l) in one_by_one::<Listener>(update) {
+                match l.and_then(|l| translate_listener(&l, &self.runtime_dir)) {
                     Ok(t) => {
                         next.listeners.insert(name.to_string(), Arc::new(t));
                     }
@@ -388,9 +411,9 @@ where
             for name in &update.removed {
                 next.routes.remove(name);
             }
-        } else if let Some(list) = update.typed::<Cluster>() {
-            for (name, c) in list {
-                match translate_cluster(c, &self.runtime_dir) {
+        } else if update.is::<Cluster>() {
+            for (name, c) in one_by_one::<Cluster>(update) {
+                match c.and_then(|c| translate_cluster(&c, &self.runtime_dir)) {
                     Ok(t) => {
                         next.clusters.insert(name.to_string(), Arc::new(t));
                     }
@@ -400,9 +423,9 @@ where
             for name in &update.removed {
                 next.clusters.remove(name);
             }
-        } else if let Some(list) = update.typed::<ClusterLoadAssignment>() {
-            for (name, cla) in list {
-                match translate_cla(cla) {
+        } else if update.is::<ClusterLoadAssignment>() {
+            for (name, cla) in one_by_one::<ClusterLoadAssignment>(update) {
+                match cla.and_then(|cla| translate_cla(&cla)) {
                     Ok(t) => {
                         next.endpoints.insert(name.to_string(), Arc::new(t));
                     }
@@ -554,12 +577,37 @@ where
 
     /// Replaces the static part (the bootstrap file was reloaded) and
     /// applies it merged with the xDS resources, if they are complete. A
-    /// merge that does not validate or apply is logged and the previous
-    /// static part kept: the file's owner fixes the file, the control
-    /// plane's updates keep applying meanwhile.
+    /// new static part that takes away what the xDS resources need (a
+    /// cluster their routes name), or whose merge does not validate or
+    /// apply, is refused: logged, and the previous static part stays, so
+    /// the control plane's updates keep applying meanwhile.
     pub async fn set_static(&mut self, base: Bootstrap) -> Result<(), ConfigErrors> {
+        let before: BTreeSet<String> = self
+            .resources
+            .missing(&self.static_base)
+            .into_iter()
+            .collect();
         let previous = std::mem::replace(&mut self.static_base, base);
         let missing = self.resources.missing(&self.static_base);
+        let taken: Vec<&String> = missing.iter().filter(|m| !before.contains(*m)).collect();
+        if !taken.is_empty() {
+            let errors = ConfigErrors(
+                taken
+                    .iter()
+                    .map(|m| {
+                        ConfigError::new(
+                            "",
+                            format!("the xDS resources need {m}, which the new static part drops"),
+                        )
+                    })
+                    .collect(),
+            );
+            for e in &errors.0 {
+                tracing::error!("static config rejected: {e}");
+            }
+            self.static_base = previous;
+            return Err(errors);
+        }
         if !missing.is_empty() {
             tracing::info!(
                 waiting_for = %missing.join(", "),

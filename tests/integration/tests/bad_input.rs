@@ -319,7 +319,11 @@ clusters:
         .map(|(i, _)| &out[i..i + 12])
         .collect();
     assert_eq!(statuses, ["HTTP/1.1 200", "HTTP/1.1 400"], "{out}");
-    assert_eq!(b.requests(), 1, "the refused request never reached the upstream");
+    assert_eq!(
+        b.requests(),
+        1,
+        "the refused request never reached the upstream"
+    );
 }
 
 #[tokio::test]

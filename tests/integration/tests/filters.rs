@@ -2,8 +2,10 @@
 //! filters/README.md): fault (abort, delay, header gate, client control,
 //! max_active_faults), local_ratelimit (429 + `x-ratelimit-*`, per-route
 //! override and disable, keyed buckets, refill), header_mutation (with its
-//! variables), cors (preflight and actual requests, per virtual host) and
-//! rbac (allow/deny by CIDR, path, method, header → 403).
+//! variables), cors (preflight and actual requests, per virtual host),
+//! rbac (allow/deny by CIDR, path, method, header → 403) and buffer (413
+//! over the limit with nothing sent upstream; a buffered body goes upstream
+//! whole, with content-length).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -629,5 +631,109 @@ async fn rbac_deny_policy() {
         let r = send(&c, method, &format!("{base}{path}"), headers).await;
         assert_eq!(r.status, *want, "{method} {path} {headers:?}: {}", r.text());
     }
+    assert_eq!(b.requests(), 2);
+}
+
+// === buffer ===
+
+/// Sends `raw` (which asks for `connection: close`) on a new connection;
+/// returns the response head and body.
+async fn raw_request(base: &str, raw: &[u8]) -> (String, Vec<u8>) {
+    let addr: SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("listen addr");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw).await.expect("write");
+    let (head, mut body) = raw_read_head(&mut s).await.expect("response head");
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    (head, body)
+}
+
+const BUFFER: &str = "      - name: buffer\n        config: {max_request_bytes: 16}";
+
+/// A chunked POST with one chunk per item of `chunks`.
+fn chunked_post(path: &str, chunks: &[&str]) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    for c in chunks {
+        raw.push_str(&format!("{:x}\r\n{c}\r\n", c.len()));
+    }
+    raw.push_str("0\r\n\r\n");
+    raw.into_bytes()
+}
+
+fn echo_of(body: &[u8]) -> ferry_integration_tests::Echo {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|err| panic!("not an echo ({err}): {}", String::from_utf8_lossy(body)))
+}
+
+#[tokio::test]
+async fn buffer_over_the_limit_gets_413_and_the_upstream_sees_nothing() {
+    let b = Backend::start("b").await;
+    let (_p, base) = start(&b, BUFFER, "", DEFAULT_ROUTE).await;
+
+    // Chunked: refused once the body crosses 16 bytes.
+    let raw = chunked_post("/big", &["0123456789", "0123456789", "0123456789"]);
+    let (head, body) = raw_request(&base, &raw).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(body, b"Payload Too Large");
+
+    // A declared length over the limit, over HTTP/1.1 and HTTP/2.
+    for c in [Client::h1(), Client::h2c()] {
+        let req = Request::post(format!("{base}/big"))
+            .body(ferry_integration_tests::full("x".repeat(17)))
+            .expect("request");
+        let r = c.send(req).await.expect("POST");
+        assert_eq!(r.status, 413, "{:?}", r.version);
+    }
+    assert_eq!(b.requests(), 0, "no request reached the upstream");
+
+    // Exactly the limit passes.
+    let req = Request::post(format!("{base}/ok"))
+        .body(ferry_integration_tests::full("y".repeat(16)))
+        .expect("request");
+    let r = Client::h1().send(req).await.expect("POST");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echo().body_len, 16);
+}
+
+#[tokio::test]
+async fn buffer_sends_a_chunked_body_upstream_whole_with_content_length() {
+    let b = Backend::start("b").await;
+    let routes =
+        "          - match: {prefix: /stream}\n            route: {cluster: up}\n            \
+                  per_filter_config: {buffer: {disabled: true}}\n"
+            .to_string()
+            + DEFAULT_ROUTE;
+    let (_p, base) = start(&b, BUFFER, "", &routes).await;
+
+    let raw = chunked_post("/buffered", &["hello ", "there ", "you"]);
+    let (head, body) = raw_request(&base, &raw).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let e = echo_of(&body);
+    assert_eq!(e.body, "hello there you");
+    assert_eq!(e.header("content-length"), Some("15"));
+    assert!(!e.has_header("transfer-encoding"), "{:?}", e.headers);
+
+    // Where a route turns the filter off, the body streams through as it
+    // came, even over the limit.
+    let raw = chunked_post("/stream", &["0123456789", "0123456789"]);
+    let (head, body) = raw_request(&base, &raw).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let e = echo_of(&body);
+    assert_eq!(e.body_len, 20);
+    assert_eq!(e.header("transfer-encoding"), Some("chunked"));
+    assert!(!e.has_header("content-length"));
     assert_eq!(b.requests(), 2);
 }

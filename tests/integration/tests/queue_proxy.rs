@@ -167,6 +167,64 @@ async fn ready_only_once_the_app_listens() {
     proxy.wait_ready().await;
 }
 
+/// `/ready?wait=` is a long-poll: held while the app is down (503 when the
+/// wait runs out), answered 200 as soon as the app passes its probe, not
+/// at the caller's next probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_wait_answers_when_the_app_becomes_ready() {
+    let app_addr = free_addr();
+    let listen = free_addr().to_string();
+    let proxy = Proxy::spawn(
+        &queue_config(&listen, &app_addr.to_string(), "{container_concurrency: 1}"),
+        &[],
+    );
+    let admin = Client::h1_no_pool();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .get(&format!("http://{}/healthz", proxy.admin))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "admin never came up\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Nothing listens for the app: the wait runs out.
+    let asked = Instant::now();
+    let r = proxy.admin_get("/ready?wait=300ms").await;
+    let waited = asked.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "a 300ms wait answered after {waited:?}"
+    );
+
+    // A long wait is answered once the app listens.
+    let url = format!("http://{}/ready?wait=20s", proxy.admin);
+    let waiting = tokio::spawn(async move {
+        let r = Client::h1_no_pool().get(&url).await.expect("long-poll");
+        (r.status, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "answered before the app listened");
+    let _app = TcpListener::bind(app_addr).await.expect("bind the app");
+    let listening = Instant::now();
+    let (status, answered) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the long-poll was answered")
+        .expect("join");
+    assert_eq!(status, 200);
+    let took = answered.saturating_duration_since(listening);
+    assert!(
+        took < Duration::from_millis(150),
+        "answered {took:?} after the app listened (its probe runs every 50 ms)"
+    );
+}
+
 #[derive(Clone, Default)]
 struct FakeControlPlane {
     reports: Arc<Mutex<Vec<LoadReport>>>,

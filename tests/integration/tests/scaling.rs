@@ -7,8 +7,11 @@
 //!   requests at once, whatever the client concurrency;
 //! - `ferry-control` restarts: services kept, instances back;
 //! - with load reports: a steady concurrency C at target T scales to
-//!   ⌈C / (T × 0.7)⌉ ± 1; idle goes to zero after the window + grace; the
-//!   first request at zero succeeds (cold start time printed).
+//!   ⌈C / (T × 0.7)⌉ ± 1; idle goes to zero after the window + the
+//!   revision's own grace period annotation; the first request at zero
+//!   succeeds (cold start time printed); a 1 s panic window sees a burst;
+//! - an app calls another service, at zero, through its sidecar's outbound
+//!   listener, which activates it.
 //!
 //! Short stable windows (`autoscaling.knative.dev/window: 6s`) keep each
 //! test under a minute. Every wait polls with a cap. The tests that need
@@ -475,21 +478,18 @@ async fn idle_scales_to_zero_and_the_first_request_cold_starts() {
     let dir = TestDir::new("scaling-zero");
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests).expect("mkdir");
+    // The grace period as the revision's own annotation: with the
+    // cluster's 30 s it would not reach zero within the wait below.
     std::fs::write(
         manifests.join("idle.yaml"),
-        service("idle", 0, &[("window", "6s")]),
+        service(
+            "idle",
+            0,
+            &[("window", "6s"), ("scale-to-zero-grace-period", "2s")],
+        ),
     )
     .expect("write manifest");
-    // The grace period is a cluster-wide setting (Knative's
-    // config-autoscaler), not an annotation.
-    let up = Up::start_with(
-        &manifests,
-        &dir.path().join("data"),
-        &dir,
-        0,
-        &["--autoscaler", "scale-to-zero-grace-period=2s"],
-    )
-    .await;
+    let up = Up::start(&manifests, &dir.path().join("data"), &dir, 0).await;
     up.wait_ready("idle-v1", 1, Duration::from_secs(20)).await;
     up.wait_routed(&host("idle")).await;
     let client = Client::h1_no_pool();
@@ -501,7 +501,7 @@ async fn idle_scales_to_zero_and_the_first_request_cold_starts() {
 
     // Stable window 6 s without load, active for a window, then 2 s grace.
     let idle_since = Instant::now();
-    up.wait_ready("idle-v1", 0, Duration::from_secs(30)).await;
+    up.wait_ready("idle-v1", 0, Duration::from_secs(25)).await;
     let to_zero = idle_since.elapsed();
     assert!(
         to_zero >= Duration::from_secs(6),

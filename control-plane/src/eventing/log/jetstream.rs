@@ -494,4 +494,24 @@ pub(crate) mod tests {
         other.remove_cursor("ns.t").await.expect("remove");
         assert_eq!(log.load_cursor("ns.t").await.expect("load"), None);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delete_all_removes_the_streams() {
+        let nats = NatsServer::start();
+        let opts = JetStreamOptions::new(nats.url.clone());
+        let log = JetStreamLog::open(&opts, "ns", "gone").await.expect("open");
+        log.append(vec![Bytes::from_static(b"a")])
+            .await
+            .expect("append");
+        log.store_cursor("ns.t", &CursorState::default())
+            .await
+            .expect("store");
+        log.delete_all().await.expect("delete");
+        // A broker of the same name starts from nothing.
+        let again = JetStreamLog::open(&opts, "ns", "gone")
+            .await
+            .expect("reopen");
+        assert_eq!(again.end(), 0);
+        assert_eq!(again.load_cursor("ns.t").await.expect("load"), None);
+    }
 }

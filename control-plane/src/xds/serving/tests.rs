@@ -281,3 +281,80 @@ async fn registered_sidecars_are_pinned_and_follow_the_model() {
     assert!(sidecars.registered().is_empty());
     assert_eq!(listeners(&node), [GATEWAY]);
 }
+
+/// The publisher sends the first change after a quiet spell at once and
+/// coalesces what follows within its interval into one later publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_change_is_published_at_once_and_later_ones_coalesced() {
+    use std::time::Instant;
+
+    let (s, _dir) = hello().await;
+    let serving = Arc::new(s);
+    let initial = model_resources(&serving, &gw())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cache = Arc::new(SnapshotCache::new(Arc::new(initial.gateway)));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let interval = Duration::from_millis(500);
+    let task = tokio::spawn(publish_model(
+        serving.clone(),
+        gw(),
+        cache.clone(),
+        None,
+        interval,
+        stop_rx,
+    ));
+    let eds = |cache: &SnapshotCache| {
+        cache
+            .default_snapshot()
+            .get(ResourceType::Endpoint)
+            .version
+            .clone()
+    };
+    let until_changed = |from: String, cap: Duration| {
+        let cache = cache.clone();
+        async move {
+            let started = Instant::now();
+            while eds(&cache) == from {
+                assert!(started.elapsed() < cap, "not published within {cap:?}");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            started.elapsed()
+        }
+    };
+    // Let the publisher start waiting, with nothing published for a while.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let rt = serving.runtime();
+    let v0 = eds(&cache);
+    rt.set_endpoints(
+        "default",
+        "hello-v1",
+        vec![SocketAddr::from(([127, 0, 0, 1], 40001))],
+    );
+    let first = until_changed(v0, Duration::from_secs(2)).await;
+    assert!(
+        first < Duration::from_millis(250),
+        "first change after {first:?}"
+    );
+    let published = Instant::now();
+
+    let v1 = eds(&cache);
+    rt.set_endpoints(
+        "default",
+        "hello-v2",
+        vec![SocketAddr::from(([127, 0, 0, 1], 40002))],
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(eds(&cache), v1, "published within the interval");
+    until_changed(v1, Duration::from_secs(3)).await;
+    assert!(published.elapsed() >= interval - Duration::from_millis(50));
+    let eps = cache
+        .default_snapshot()
+        .get(ResourceType::Endpoint)
+        .resources
+        .len();
+    assert_eq!(eps, 2);
+
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}

@@ -946,7 +946,10 @@ clusters:
 }
 
 fn queue_of(b: &mut Bootstrap) -> &mut crate::config::QueueConfig {
-    Arc::make_mut(&mut b.clusters[0]).queue.as_mut().expect("a queue block")
+    Arc::make_mut(&mut b.clusters[0])
+        .queue
+        .as_mut()
+        .expect("a queue block")
 }
 
 fn probe_of(b: &mut Bootstrap) -> &mut crate::config::ReadinessProbe {

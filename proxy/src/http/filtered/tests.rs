@@ -103,14 +103,20 @@ fn filters(one: serde_json::Value, two: serde_json::Value) -> RequestFilters {
     ];
     let chain = registry.build_chain(&specs, "t").expect("chain builds");
     let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-    let mut f = chain.start(RequestCtx::new(peer, Version::HTTP_11, SystemTime::now()), None);
+    let mut f = chain.start(
+        RequestCtx::new(peer, Version::HTTP_11, SystemTime::now()),
+        None,
+    );
     let (mut head, ()) = http::Request::new(()).into_parts();
     assert!(matches!(f.on_request_head(&mut head), Action::Continue));
     f
 }
 
 fn tags() -> RequestFilters {
-    filters(serde_json::json!({"tag": "1"}), serde_json::json!({"tag": "2"}))
+    filters(
+        serde_json::json!({"tag": "1"}),
+        serde_json::json!({"tag": "2"}),
+    )
 }
 
 fn share(f: RequestFilters) -> SharedFilters {
@@ -210,7 +216,11 @@ fn a_request_body_reply_fails_the_stream_and_is_kept_for_the_pipeline() {
         serde_json::json!({"tag": "2", "refuse_over": 3}),
     );
     let ex = share(f);
-    let mut b = FilteredBody::new(chunks(&["ab", "cd", "ef"], false, true), ex.clone(), Side::Request);
+    let mut b = FilteredBody::new(
+        chunks(&["ab", "cd", "ef"], false, true),
+        ex.clone(),
+        Side::Request,
+    );
     assert_eq!(frames(&mut b, 10), ["ab12", "ERR"]);
     assert!(answered(&ex));
     assert_eq!(frames(&mut b, 10), ["ERR"], "it stays failed");
@@ -250,7 +260,9 @@ fn read_whole_returns_the_hooked_body_with_its_length_and_trailers() {
             panic!("read")
         };
         assert_eq!(len, 8, "ab12 then the end mark 1.2.");
-        assert!(matches!(&body, ProxyBody::FullWithTrailers(bt) if bt.0.is_some() && bt.1.is_some()));
+        assert!(
+            matches!(&body, ProxyBody::FullWithTrailers(bt) if bt.0.is_some() && bt.1.is_some())
+        );
 
         let mut f = filters(
             serde_json::json!({"tag": "1", "refuse_over": 2}),

@@ -452,7 +452,11 @@ fn pools_are_made_on_first_use_and_survive_a_rebuild() {
     let old = build(&cfg, 3, &reg);
     assert_eq!(live_pools(&reg), 0);
     assert_eq!(endpoint(&old, 1).idle_connections(), 0);
-    assert_eq!(live_pools(&reg), 0, "counting idle connections makes no pool");
+    assert_eq!(
+        live_pools(&reg),
+        0,
+        "counting idle connections makes no pool"
+    );
 
     let used = Arc::downgrade(endpoint(&old, 1).pool());
     assert_eq!(live_pools(&reg), 1);
@@ -475,7 +479,10 @@ fn pools_are_made_on_first_use_and_survive_a_rebuild() {
 fn endpoints_share_one_health_state_when_nothing_tracks_health() {
     let reg = Arc::new(PoolRegistry::default());
     let plain = build(&base("plain", LbPolicy::RoundRobin), 3, &reg);
-    assert!(Arc::ptr_eq(&endpoint(&plain, 0).health, &endpoint(&plain, 2).health));
+    assert!(Arc::ptr_eq(
+        &endpoint(&plain, 0).health,
+        &endpoint(&plain, 2).health
+    ));
     assert_eq!(plain.hosts.load().routable, 3);
 
     let mut checked = base("checked", LbPolicy::RoundRobin);

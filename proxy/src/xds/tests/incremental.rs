@@ -13,19 +13,19 @@ use crate::upstream::PoolRegistry;
 use crate::xds::XdsState;
 
 type Applied = Arc<Mutex<Vec<Bootstrap>>>;
+type Apply = Box<dyn FnMut(Bootstrap) -> std::future::Ready<Result<(), ConfigErrors>> + Send>;
+type State = XdsState<Apply>;
 
-fn state() -> (
-    XdsState<impl FnMut(Bootstrap) -> std::future::Ready<Result<(), ConfigErrors>> + Send>,
-    Applied,
-) {
+/// A state whose apply records every config.
+fn state() -> (State, Applied) {
     let applied: Applied = Arc::default();
     let seen = applied.clone();
-    let apply = move |b: Bootstrap| {
+    let apply: Apply = Box::new(move |b: Bootstrap| {
         if let Ok(mut s) = seen.lock() {
             s.push(b);
         }
         std::future::ready(Ok(()))
-    };
+    });
     (
         XdsState::new(Bootstrap::default(), std::env::temp_dir(), apply),
         applied,
@@ -38,25 +38,34 @@ fn applied(a: &Applied) -> Vec<Bootstrap> {
 
 const CLUSTERS: usize = 6;
 
-fn endpoints(svc: usize, port: u32) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
-    cla(&format!("svc-{svc}"), &[("127.0.0.1", port, 1, 0), ("127.0.0.2", port, 1, 0)])
+fn endpoints(
+    svc: usize,
+    port: u32,
+) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+    cla(
+        &format!("svc-{svc}"),
+        &[("127.0.0.1", port, 1, 0), ("127.0.0.2", port, 1, 0)],
+    )
 }
 
 /// A proxy given the whole mesh: CDS, EDS, LDS, RDS.
-async fn mesh_state(catch_all: &str, svc0_port: u32) -> (
-    XdsState<impl FnMut(Bootstrap) -> std::future::Ready<Result<(), ConfigErrors>> + Send>,
-    Applied,
-) {
+async fn mesh_state(catch_all: &str, svc0_port: u32) -> (State, Applied) {
     let (mut st, applied) = state();
-    let clusters = (0..CLUSTERS).map(|c| eds_cluster(&format!("svc-{c}"))).collect();
+    let clusters = (0..CLUSTERS)
+        .map(|c| eds_cluster(&format!("svc-{c}")))
+        .collect();
     let claes = (0..CLUSTERS)
         .map(|c| endpoints(c, if c == 0 { svc0_port } else { 9000 + c as u32 }))
         .collect();
     for o in [
         st.handle(Update::of("c1", clusters, vec![])).await,
         st.handle(Update::of("e1", claes, vec![])).await,
-        st.handle(Update::of("l1", vec![listener("mesh", 10000, "mesh")], vec![]))
-            .await,
+        st.handle(Update::of(
+            "l1",
+            vec![listener("mesh", 10000, "mesh")],
+            vec![],
+        ))
+        .await,
         st.handle(Update::of(
             "r1",
             vec![mesh_routes("mesh", 40, CLUSTERS, catch_all)],
@@ -84,7 +93,10 @@ fn describe(a: &Active) -> String {
     let mut out = String::new();
     for n in names {
         let l = &a.listeners[n];
-        out.push_str(&format!("{n} {:?} {:?} {:?}\n", l.config, l.routes, l.cluster));
+        out.push_str(&format!(
+            "{n} {:?} {:?} {:?}\n",
+            l.config, l.routes, l.cluster
+        ));
     }
     let mut index: Vec<_> = a.cluster_index.iter().collect();
     index.sort();
@@ -118,9 +130,16 @@ async fn a_one_route_update_builds_what_a_full_build_builds() {
     // The same config as a proxy that only ever saw the new routes.
     let (_, fresh_seen) = mesh_state("svc-1", 8000).await;
     let fresh = applied(&fresh_seen).pop().expect("fresh config");
-    assert!(*new == fresh, "the incremental config differs from a fresh one");
+    assert!(
+        *new == fresh,
+        "the incremental config differs from a fresh one"
+    );
     // Every cluster is the very one applied before: nothing copied.
-    assert!(old.clusters.iter().zip(&new.clusters).all(|(a, b)| Arc::ptr_eq(a, b)));
+    assert!(old
+        .clusters
+        .iter()
+        .zip(&new.clusters)
+        .all(|(a, b)| Arc::ptr_eq(a, b)));
     assert!(!Arc::ptr_eq(&old.routes[0], &new.routes[0]));
 
     // And the running form: built on the previous one, it equals a build
@@ -155,7 +174,10 @@ async fn an_endpoint_update_rebuilds_one_cluster_and_equals_a_full_build() {
     let (old, new) = (&after[1], &after[2]);
     let (_, fresh_seen) = mesh_state("svc-0", 8001).await;
     let fresh = applied(&fresh_seen).pop().expect("fresh config");
-    assert!(*new == fresh, "the incremental config differs from a fresh one");
+    assert!(
+        *new == fresh,
+        "the incremental config differs from a fresh one"
+    );
     assert!(Arc::ptr_eq(&old.routes[0], &new.routes[0]));
 
     let reg = Arc::new(PoolRegistry::default());
@@ -187,7 +209,10 @@ async fn unchanged_resources_named_by_the_client_keep_their_translation() {
     update.unchanged = vec!["mesh".into()];
     let o = st.handle(update).await;
     assert!(o.rejected.is_empty());
-    assert!(Arc::ptr_eq(&st.resources().routes["mesh"].config, &routes_before));
+    assert!(Arc::ptr_eq(
+        &st.resources().routes["mesh"].config,
+        &routes_before
+    ));
     assert_eq!(applied(&seen).len(), 2, "nothing changed, nothing applied");
 }
 
@@ -198,7 +223,82 @@ async fn a_cluster_removed_under_an_unchanged_route_waits_for_it() {
     let clusters = (0..CLUSTERS - 1)
         .map(|c| eds_cluster(&format!("svc-{c}")))
         .collect();
-    let o = st.handle(Update::of("c2", clusters, vec!["svc-5".into()])).await;
+    let o = st
+        .handle(Update::of("c2", clusters, vec!["svc-5".into()]))
+        .await;
     assert!(o.rejected.is_empty(), "{:?}", o.rejected);
     assert_eq!(applied(&seen).len(), 2, "the previous config keeps serving");
+}
+
+#[tokio::test]
+async fn a_cluster_added_before_the_others_builds_what_a_full_build_builds() {
+    let (mut st, seen) = mesh_state("svc-0", 8000).await;
+    // "svc-00" sorts between "svc-0" and "svc-1": every later cluster moves
+    // up one index, under routes that did not change.
+    let mut clusters: Vec<_> = (0..CLUSTERS)
+        .map(|c| eds_cluster(&format!("svc-{c}")))
+        .collect();
+    clusters.push(eds_cluster("svc-00"));
+    st.handle(Update::of("c2", clusters, vec![])).await;
+    let o = st
+        .handle(Update::of(
+            "e2",
+            vec![cla("svc-00", &[("127.0.0.3", 7000, 1, 0)])],
+            vec![],
+        ))
+        .await;
+    assert!(o.rejected.is_empty(), "{:?}", o.rejected);
+    let after = applied(&seen);
+    assert_eq!(after.len(), 3);
+    let (old, new) = (&after[1], &after[2]);
+    assert!(Arc::ptr_eq(&old.routes[0], &new.routes[0]));
+
+    let reg = Arc::new(PoolRegistry::default());
+    let running = build(old, None, &reg).await;
+    let next = build(new, Some(&running), &reg).await;
+    let scratch = build(new, None, &Arc::new(PoolRegistry::default())).await;
+    assert_eq!(describe(&next), describe(&scratch));
+    assert_ne!(running.cluster_index, next.cluster_index, "indices moved");
+    // Every cluster runtime survives; the new one is built.
+    assert_eq!(
+        next.clusters
+            .iter()
+            .filter(|c| running.clusters.iter().any(|o| Arc::ptr_eq(o, c)))
+            .count(),
+        CLUSTERS
+    );
+}
+
+/// What the proxy's subscription delivers: every resource encoded.
+#[tokio::test]
+async fn encoded_resources_give_the_same_config_as_decoded_ones() {
+    let (mut st, seen) = state();
+    let clusters: Vec<_> = (0..CLUSTERS)
+        .map(|c| eds_cluster(&format!("svc-{c}")))
+        .collect();
+    let claes: Vec<_> = (0..CLUSTERS)
+        .map(|c| endpoints(c, if c == 0 { 8000 } else { 9000 + c as u32 }))
+        .collect();
+    for o in [
+        st.handle(Update::of_encoded("c1", clusters, vec![])).await,
+        st.handle(Update::of_encoded("e1", claes, vec![])).await,
+        st.handle(Update::of_encoded(
+            "l1",
+            vec![listener("mesh", 10000, "mesh")],
+            vec![],
+        ))
+        .await,
+        st.handle(Update::of_encoded(
+            "r1",
+            vec![mesh_routes("mesh", 40, CLUSTERS, "svc-0")],
+            vec![],
+        ))
+        .await,
+    ] {
+        assert!(o.rejected.is_empty(), "{:?}", o.rejected);
+    }
+    let (_, typed_seen) = mesh_state("svc-0", 8000).await;
+    let encoded = applied(&seen).pop().expect("a config");
+    let typed = applied(&typed_seen).pop().expect("a config");
+    assert!(encoded == typed, "encoded and decoded updates differ");
 }

@@ -6,4 +6,5 @@ mod fixtures;
 mod incremental;
 mod listener;
 mod route;
+mod route_encoded;
 mod state;

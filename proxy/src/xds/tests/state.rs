@@ -351,3 +351,62 @@ async fn inline_routes_and_tcp_listeners_assemble_and_validate() {
     assert_eq!(boot.routes[0].name, "inline:h");
     assert_eq!(boot.listeners.len(), 2);
 }
+
+fn static_cluster_base(name: &str, port: u16) -> Bootstrap {
+    Bootstrap {
+        clusters: vec![Arc::new(config::Cluster {
+            name: name.into(),
+            endpoints: vec![config::Endpoint {
+                address: format!("127.0.0.1:{port}"),
+                weight: 1,
+            }],
+            ..Default::default()
+        })],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_reloaded_static_part_is_merged_with_the_xds_resources() {
+    let (mut st, applied) = state(static_cluster_base("local", 9), Arc::default());
+    st.handle(Update::of::<Cluster>("c1", vec![], vec![])).await;
+    st.handle(Update::of("l1", vec![listener("l", 10000, "r")], vec![]))
+        .await;
+    st.handle(Update::of(
+        "r1",
+        vec![route_config("r", vec![route_to("", "local")])],
+        vec![],
+    ))
+    .await;
+    let before = count(&applied);
+    assert_eq!(last(&applied).listeners.len(), 1);
+
+    // The file now points "local" elsewhere: merged and applied, the xDS
+    // listener and routes still there.
+    assert_eq!(
+        st.set_static(static_cluster_base("local", 10)).await,
+        Ok(())
+    );
+    assert_eq!(count(&applied), before + 1);
+    let boot = last(&applied);
+    assert_eq!(boot.clusters[0].endpoints[0].address, "127.0.0.1:10");
+    assert_eq!(boot.listeners.len(), 1);
+    assert_eq!(boot.routes.len(), 1);
+
+    // A file that drops what the xDS routes need is refused; the previous
+    // static part stays and later updates apply on top of it.
+    let refused = st.set_static(Bootstrap::default()).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("cluster \"local\"")),
+        "{refused:?}"
+    );
+    assert_eq!(count(&applied), before + 1);
+    st.handle(Update::of("c2", vec![static_cluster("extra", 7)], vec![]))
+        .await;
+    let boot = last(&applied);
+    assert_eq!(count(&applied), before + 2);
+    assert_eq!(boot.clusters[0].endpoints[0].address, "127.0.0.1:10");
+    assert_eq!(boot.clusters.len(), 2);
+}

@@ -394,3 +394,23 @@ fn kill_9_loses_no_acknowledged_append() {
         });
     }
 }
+
+#[tokio::test]
+async fn delete_all_removes_the_directory_and_refuses_appends() {
+    let d = TempDir::new("delete-all");
+    let dir = d.0.join("ns").join("b");
+    let log = FileLog::open(&dir, small_opts()).expect("open");
+    log.append(vec![Bytes::from_static(b"a")])
+        .await
+        .expect("append");
+    log.store_cursor("ns.t", &CursorState::default())
+        .await
+        .expect("store");
+    log.delete_all().await.expect("delete");
+    assert!(!dir.exists());
+    assert!(log.append(vec![Bytes::from_static(b"b")]).await.is_err());
+    assert_eq!(log.load_cursor("ns.t").await.expect("load"), None);
+    // A broker of the same name starts from nothing.
+    let again = FileLog::open(&dir, small_opts()).expect("reopen");
+    assert_eq!(again.end(), 0);
+}
