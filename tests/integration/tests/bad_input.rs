@@ -15,10 +15,24 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 fn config(listen: &str, b: &Backend) -> String {
+    config_with_tls(listen, b, None)
+}
+
+/// The one-route config, optionally terminating TLS with `pki`'s
+/// certificate on the listener.
+fn config_with_tls(listen: &str, b: &Backend, pki: Option<&Pki>) -> String {
+    let tls = pki
+        .map(|p| {
+            format!(
+                ", tls: {{cert_chain: \"{}\", private_key: \"{}\"}}",
+                p.cert_file, p.key_file
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"
 listeners:
-  - {{name: http, address: "{listen}", route_config: r}}
+  - {{name: http, address: "{listen}", route_config: r{tls}}}
 routes:
   - name: r
     virtual_hosts:
@@ -268,29 +282,7 @@ async fn conflicting_framing_over_tls_http1_gets_400() {
     let pki = Pki::new(&dir, "listener");
     let b = Backend::start("b").await;
     let listen = free_addr();
-    let yaml = format!(
-        r#"
-listeners:
-  - name: https
-    address: "{listen}"
-    route_config: r
-    tls: {{cert_chain: "{}", private_key: "{}"}}
-routes:
-  - name: r
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-          - match: {{prefix: /}}
-            route: {{cluster: up}}
-clusters:
-  - name: up
-    endpoints: [{{address: "{}"}}]
-"#,
-        pki.cert_file,
-        pki.key_file,
-        b.address()
-    );
+    let yaml = config_with_tls(&listen.to_string(), &b, Some(&pki));
     let _proxy = Proxy::start(&yaml).await;
     let raw = b"GET /ok HTTP/1.1\r\nhost: x\r\n\r\n\
                 POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n\

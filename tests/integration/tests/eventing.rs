@@ -22,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 // Each test binary uses a part of the shared helpers.
 #[allow(dead_code)]
 #[path = "eventing/support.rs"]
+#[macro_use]
 mod support;
 
 use support::{http_post_or_get, Backend, Ferry, Got, Subscriber};
@@ -109,20 +110,6 @@ type TestEvent = (
 );
 
 // ---- tests ------------------------------------------------------------------
-
-/// Each scenario runs on both storage backends.
-macro_rules! both {
-    ($embedded:ident, $jetstream:ident, $body:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $embedded() {
-            $body(Backend::Embedded).await
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $jetstream() {
-            $body(Backend::JetStream).await
-        }
-    };
-}
 
 both!(
     content_modes_round_trip_byte_exact_with_the_python_sdk,

@@ -18,6 +18,7 @@ use serde_json::Value;
 // Each test binary uses a part of the shared helpers.
 #[allow(dead_code)]
 #[path = "eventing/support.rs"]
+#[macro_use]
 mod support;
 
 use support::{http_post_or_get, Backend, Ferry, Subscriber};
@@ -78,20 +79,6 @@ async fn post_event(url: &str, id: &str, ty: &str, body: &'static [u8]) -> u16 {
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
-/// Each scenario runs on both storage backends.
-macro_rules! both {
-    ($embedded:ident, $jetstream:ident, $body:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $embedded() {
-            $body(Backend::Embedded).await
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $jetstream() {
-            $body(Backend::JetStream).await
-        }
-    };
 }
 
 both!(

@@ -410,3 +410,18 @@ pub async fn http_post_or_get(
         body.collect().await?.to_bytes(),
     ))
 }
+
+/// Defines two tests running `$body`, one on each storage backend (the
+/// test file must import `Backend`).
+macro_rules! both {
+    ($embedded:ident, $jetstream:ident, $body:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $embedded() {
+            $body(Backend::Embedded).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $jetstream() {
+            $body(Backend::JetStream).await
+        }
+    };
+}
