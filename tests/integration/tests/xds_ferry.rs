@@ -5,7 +5,10 @@
 //! `GET /v1/xds/nodes`) while the previous config keeps serving, killing the
 //! control plane under load fails no request, and a restarted control plane
 //! is reconnected to and its next push applied. With `--xds-cache`, a proxy
-//! restarted while the control plane is down serves from the cache.
+//! restarted while the control plane is down serves from the cache. A
+//! bootstrap with both a static part and an `xds:` section: a SIGHUP reload
+//! of an edited static part applies while the xDS listener keeps serving,
+//! and a reloaded file that fails validation is refused.
 //!
 //! The proxy runs with `--xds URL --node-id ID --node-cluster NAME
 //! [--xds-delta] [--xds-cache DIR]`, its `--config` file holding the static
@@ -14,9 +17,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_integration_tests::envoy::snapshot;
+use ferry_integration_tests::envoy::{snapshot, ControlPlane};
 use ferry_integration_tests::{
     binary_path, five_sigma, free_addr, free_port, tally, wait_until, Backend, Client, Proxy,
     TestDir,
@@ -269,4 +274,145 @@ async fn cache_serves_when_the_control_plane_is_down_at_start() {
     .await;
     let counts = tally(&client, &url, 50, 4).await;
     assert_eq!(counts.get("first"), Some(&50), "{counts:?}");
+}
+
+/// A bootstrap with an `xds:` section pointing at `server` and a static
+/// part: listener `static` on `listen` whose only route goes to
+/// `route_to`, beside static clusters `static_b` (backend `b`) and
+/// `static_c` (backend `c`).
+fn mixed_bootstrap(
+    server: &str,
+    node: &str,
+    listen: &str,
+    route_to: &str,
+    b: &Backend,
+    c: &Backend,
+) -> String {
+    format!(
+        r#"xds:
+  server: "{server}"
+  node_id: "{node}"
+  node_cluster: test
+listeners:
+  - {{name: static, address: "{listen}", route_config: static_routes}}
+routes:
+  - name: static_routes
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {{prefix: /}}
+            route: {{cluster: {route_to}}}
+clusters:
+  - {{name: static_b, endpoints: [{{address: "{b}"}}]}}
+  - {{name: static_c, endpoints: [{{address: "{c}"}}]}}
+"#,
+        b = b.addr,
+        c = c.addr,
+    )
+}
+
+/// The backend that answered one GET, or why there was none.
+async fn answered_by(client: &Client, url: &str) -> Result<String, String> {
+    match client.get(url).await {
+        Ok(r) if r.status == 200 => Ok(r.backend().unwrap_or("<none>").to_string()),
+        Ok(r) => Err(format!("status {}: {}", r.status, r.text())),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_part_reloads_beside_xds_and_a_bad_file_is_refused() {
+    let a = Backend::start("xds-a").await;
+    let b = Backend::start("static-b").await;
+    let c = Backend::start("static-c").await;
+    let xds_port = free_port();
+    // Every xDS request goes to `a` (cluster `second` gets weight 0).
+    let cp = ControlPlane::start(&snapshot(xds_port, &a, &a, (100, 0), false)).await;
+    let server = format!("http://{}", cp.xds);
+    let node = "ferry-mixed";
+    let listen = free_addr().to_string();
+    let bootstrap = |route_to: &str| mixed_bootstrap(&server, node, &listen, route_to, &b, &c);
+    // Reloads come from SIGHUP only, so each one is counted exactly once.
+    let proxy = Proxy::start_with(&bootstrap("static_b"), &["--watch-interval", "1h"]).await;
+    for ty in ["cds", "eds", "lds", "rds"] {
+        cp.wait_acked(node, ty, PUSH_CAP).await;
+    }
+
+    let client = Client::h1();
+    let xds_url = format!("http://127.0.0.1:{xds_port}/xds");
+    let static_url = format!("http://{listen}/static");
+    wait_until(
+        "the xDS listener answers from xds-a",
+        PUSH_CAP,
+        async || answered_by(&client, &xds_url).await.as_deref() == Ok("xds-a"),
+    )
+    .await;
+    assert_eq!(
+        answered_by(&client, &static_url).await.as_deref(),
+        Ok("static-b"),
+        "the static listener before any reload"
+    );
+
+    // The xDS listener is watched throughout both reloads: every answer
+    // must be a 200 from `xds-a`.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (client, url, stop) = (client.clone(), xds_url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut bad) = (0u32, Vec::new());
+            let start = tokio::time::Instant::now();
+            for i in 0..100_000 {
+                if stop.load(Ordering::SeqCst) || start.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+                match answered_by(&client, &url).await {
+                    Ok(name) if name == "xds-a" => ok += 1,
+                    Ok(name) => bad.push(format!("#{i}: answered by {name}")),
+                    Err(e) => bad.push(format!("#{i}: {e}")),
+                }
+            }
+            (ok, bad)
+        })
+    };
+
+    // Edit the static part: its route now goes to `static_c`.
+    proxy.reload(&bootstrap("static_c")).await;
+    wait_until(
+        "the static listener answers from static-c",
+        PUSH_CAP,
+        async || answered_by(&client, &static_url).await.as_deref() == Ok("static-c"),
+    )
+    .await;
+    let counts = tally(&client, &static_url, 20, 4).await;
+    assert_eq!(counts.get("static-c"), Some(&20), "{counts:?}");
+
+    // A file that fails validation (a route to an unknown cluster) is
+    // refused, counted and logged; the previous static part stays.
+    proxy
+        .reload_expect_failure(&bootstrap("no_such_cluster"))
+        .await;
+    wait_until("the rejection is logged", PUSH_CAP, async || {
+        proxy
+            .logs()
+            .contains(r#"route.cluster: unknown cluster "no_such_cluster""#)
+    })
+    .await;
+    let counts = tally(&client, &static_url, 20, 4).await;
+    assert_eq!(counts.get("static-c"), Some(&20), "{counts:?}");
+    let counts = tally(&client, &xds_url, 20, 4).await;
+    assert_eq!(counts.get("xds-a"), Some(&20), "{counts:?}");
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, bad) = watcher.await.expect("xDS watcher task");
+    assert!(
+        bad.is_empty(),
+        "the xDS listener failed during the reloads ({ok} ok): {bad:?}"
+    );
+    assert!(
+        ok > 0,
+        "the xDS listener was never checked during the reloads"
+    );
+    let n = cp.node(node).await.expect("the node is listed");
+    assert!(n["last_nack"].is_null(), "{n:#}");
 }
