@@ -373,3 +373,28 @@ async fn start_scaling(
     let (control_loop, handle) = ControlLoop::new(serving.clone(), scfg);
     Ok(Some((control_loop, ReportServer::new(handle))))
 }
+
+/// What `serve` and `up` do first: logs to stderr under `log` (or
+/// `RUST_LOG`), then the multi-threaded runtime. Err: the exit code, after
+/// saying why on stderr.
+pub fn process_runtime(log: &str) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(log))
+        .map_err(|e| {
+            eprintln!("ferry-control: bad --log filter {log:?}: {e}");
+            std::process::ExitCode::from(2)
+        })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferry-control")
+        .build()
+        .map_err(|e| {
+            eprintln!("ferry-control: starting the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        })
+}

@@ -67,30 +67,9 @@ pub struct UpArgs {
 }
 
 pub fn run(args: UpArgs) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log));
-    let filter = match filter {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("ferry-control: bad --log filter {:?}: {e}", args.log);
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ferry-control")
-        .build()
-    {
+    let runtime = match app::process_runtime(&args.log) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ferry-control: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(up(args)) {
         Ok(()) => ExitCode::SUCCESS,
